@@ -1,0 +1,45 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+# Both create .venv, install torch (the CUDA wheel: it also runs on CPU; CPU-only wheels break
+# torchvision/open_clip imports) and this package with its C++ (and, for tests, CUDA) extensions.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+CUDA_HOME_DETECTED := $(shell bash scripts/cuda_home.sh)
+BUILD_ENV := MAX_JOBS=2 TORCH_CUDA_ARCH_LIST="8.0;9.0" $(if $(CUDA_HOME_DETECTED),CUDA_HOME=$(CUDA_HOME_DETECTED))
+EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/* csrc/cuda/*) setup.py pyproject.toml
+PYTEST_ARGS ?=
+
+.PHONY: install install-cuda demo test test-all bench tensorboard clean
+
+$(VENV)/.torch:
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=23" "setuptools>=64" wheel
+	$(PIP) install -q $(TORCH_PINS)
+	touch $@
+
+# CPU extension only (fast install for the demo); CUDA sources are added when a GPU is visible.
+$(VENV)/.installed: $(VENV)/.torch $(EXT_SOURCES)
+	$(BUILD_ENV) $(PIP) install -q -e ".[dev]" --no-build-isolation
+	touch $@
+
+# Tests also compile the .cu sources without a GPU (FORCE_CUDA=1) so they never rot.
+$(VENV)/.installed-cuda: $(VENV)/.torch $(EXT_SOURCES)
+	$(BUILD_ENV) $(if $(CUDA_HOME_DETECTED),FORCE_CUDA=1) $(PIP) install -q -e ".[dev]" --no-build-isolation
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-cuda: $(VENV)/.installed-cuda
+
+demo: install
+	$(PY) -m hnerv_fast.train --config configs/dual_hnerv_tiny.yaml
+
+test: install-cuda
+	bash scripts/run_tests.sh $(PY) $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m pytest benchmarks --benchmark-only -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) build *.egg-info hnerv_fast/*.so
