@@ -1,0 +1,191 @@
+"""TensorBoard writer on a background thread, fed with device tensors.
+
+The training loop never waits for the host: `add_scalars` stacks its tensors into one vector (one
+kernel), starts an asynchronous copy into pinned host memory, records a CUDA event and enqueues it.
+The writer thread waits on the event, converts to floats and writes whatever has piled up in one go.
+On CPU the tensors are cloned (the caller may update accumulators in place) and handled the same way.
+
+Nothing queued is lost: `close()` drains the queue and flushes; it runs on `with` exit (normal exit,
+exceptions, Ctrl-C) and at interpreter exit.
+"""
+from __future__ import annotations
+
+import atexit
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+
+_STOP = object()
+
+
+@dataclass
+class _Record:
+    kind: str  # scalars | histogram | image | text | layout | callback
+    step: int
+    tags: tuple[str, ...] = ()
+    payload: Any = None
+    event: Any = None
+    callback: Callable[[dict[str, float]], None] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _stack_scalars(values: list) -> torch.Tensor:
+    """One 1-D float32 tensor on the device of the first tensor given (one copy instead of many)."""
+    device = next((v.device for v in values if isinstance(v, torch.Tensor)), torch.device("cpu"))
+    return torch.stack([torch.as_tensor(v, device=device).detach().float().reshape(()) for v in values])
+
+
+def _to_host(tensor: torch.Tensor):
+    """Start a device->host copy without blocking; returns (host tensor, event or None)."""
+    tensor = tensor.detach()
+    if tensor.device.type == "cuda":
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        host.copy_(tensor, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
+    return tensor.clone(), None
+
+
+class AsyncSummaryWriter:
+    """Background-thread wrapper around `torch.utils.tensorboard.SummaryWriter`.
+
+    `latest` holds the last written value of every scalar tag (host floats, for progress bars).
+    `mirrors` receive every scalar batch as `mirror.log(dict, step)` on the writer thread (e.g. W&B).
+    """
+
+    def __init__(self, logdir: str, mirrors: list | None = None, max_batch: int = 256):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.logdir = str(logdir)
+        self._writer = SummaryWriter(self.logdir)
+        self._mirrors = list(mirrors or [])
+        self._queue: queue.Queue = queue.Queue()
+        self._max_batch = max_batch
+        self._error: BaseException | None = None
+        self._closed = False
+        self.latest: dict[str, float] = {}
+        self._thread = threading.Thread(target=self._run, name="tensorboard-writer", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    # ------------------------------------------------------------------ producer side (hot loop)
+    def add_scalars(
+        self,
+        step: int,
+        values: Mapping[str, torch.Tensor | float],
+        callback: Callable[[dict[str, float]], None] | None = None,
+    ) -> None:
+        """Queue scalar tags for `step`. `callback(values_as_floats)` runs on the writer thread."""
+        self._check_open()
+        tags = tuple(values)
+        if not tags:
+            return
+        host, event = _to_host(_stack_scalars(list(values.values())))
+        self._queue.put(_Record("scalars", step, tags, host, event, callback))
+
+    def add_histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        self._check_open()
+        host, event = _to_host(values.float().flatten())
+        self._queue.put(_Record("histogram", step, (tag,), host, event))
+
+    def add_image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        """image [3, H, W] in [0, 1]."""
+        self._check_open()
+        host, event = _to_host(image.float().clamp(0, 1))
+        self._queue.put(_Record("image", step, (tag,), host, event))
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        self._check_open()
+        self._queue.put(_Record("text", step, (tag,), text))
+
+    def add_custom_scalars(self, layout: dict) -> None:
+        self._check_open()
+        self._queue.put(_Record("layout", 0, (), layout))
+
+    def flush(self) -> None:
+        """Block until everything queued so far is written to disk."""
+        done = threading.Event()
+        self._queue.put(_Record("flush", 0, payload=done))
+        while not done.wait(0.05):
+            if not self._thread.is_alive():
+                break
+        self._check()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join()
+        self._writer.flush()
+        self._writer.close()
+        atexit.unregister(self.close)
+        self._check()
+
+    def __enter__(self) -> "AsyncSummaryWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.close()
+        except Exception:
+            if exc is None:  # do not hide the original exception behind a logging error
+                raise
+
+    def _check_open(self) -> None:
+        if self._closed:  # a record put now would never be written
+            raise RuntimeError("AsyncSummaryWriter used after close()")
+        self._check()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError(f"TensorBoard writer thread failed: {error!r}") from error
+
+    # ------------------------------------------------------------------------- writer thread
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch = [self._queue.get()]
+            while len(batch) < self._max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            for record in batch:
+                if record is _STOP:
+                    stop = True
+                    continue
+                try:
+                    self._write(record)
+                except BaseException as exc:  # surfaced to the producer on its next call
+                    self._error = exc
+
+    def _write(self, r: _Record) -> None:
+        if r.event is not None:
+            r.event.synchronize()
+        w = self._writer
+        if r.kind == "scalars":
+            floats = dict(zip(r.tags, r.payload.tolist()))
+            for tag, value in floats.items():
+                w.add_scalar(tag, value, r.step)
+            self.latest.update(floats)
+            for mirror in self._mirrors:
+                mirror.log(floats, step=r.step)
+            if r.callback is not None:
+                r.callback(floats)
+        elif r.kind == "histogram":
+            w.add_histogram(r.tags[0], r.payload, r.step)
+        elif r.kind == "image":
+            w.add_image(r.tags[0], r.payload, r.step)
+        elif r.kind == "text":
+            w.add_text(r.tags[0], r.payload, r.step)
+        elif r.kind == "layout":
+            w.add_custom_scalars(r.payload)
+        elif r.kind == "flush":
+            w.flush()
+            r.payload.set()

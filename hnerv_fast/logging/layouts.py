@@ -1,0 +1,113 @@
+"""TensorBoard tag names (the contracts of ../shared/spec/tensorboard_*.md) and custom_scalars layouts.
+
+Tag strings live here once; tasks, tests and the health report import them.
+"""
+from __future__ import annotations
+
+
+class DualTags:
+    """tensorboard_dual_hnerv.md."""
+
+    # per epoch
+    TRAIN_PSNR = "Train/PSNR"
+    LR = "Train/learning_rate"
+    PIXEL_LOSS = "Train/Loss/pixel_loss"
+    CLIP_LOSS = "Train/Loss/clip_loss"
+    TOTAL_LOSS = "Train/Loss/total_loss"
+    CLIP_LOSS_WEIGHTED = "Train/Loss/clip_loss_weighted"
+    PIXEL_TO_CLIP = "Train/Loss/pixel_to_clip_ratio"
+    CLIP_ACTIVE = "Train/clip_loss_active"
+    GRAD_TOTAL = "Train/Gradients/total_norm"
+    GRAD_RGB = "Train/Gradients/rgb_head_norm"
+    GRAD_CLIP = "Train/Gradients/clip_head_norm"
+    GRAD_DECODER = "Train/Gradients/decoder_norm"
+    GRAD_RGB_TO_CLIP = "Train/Gradients/rgb_to_clip_ratio"
+    EPOCH = (TRAIN_PSNR, LR, PIXEL_LOSS, CLIP_LOSS, TOTAL_LOSS, CLIP_LOSS_WEIGHTED, PIXEL_TO_CLIP, CLIP_ACTIVE,
+             GRAD_TOTAL, GRAD_RGB, GRAD_CLIP, GRAD_DECODER, GRAD_RGB_TO_CLIP)
+
+    # per batch (step = global step)
+    BATCH_PSNR = "Train_Batch/PSNR"
+    BATCH_PIXEL = "Train_Batch/pixel_loss"
+    BATCH_CLIP = "Train_Batch/clip_loss"
+    BATCH_TOTAL = "Train_Batch/total_loss"
+    BATCH = (BATCH_PSNR, BATCH_PIXEL, BATCH_CLIP, BATCH_TOTAL)
+
+    # every params_every epochs
+    PARAMS = ("Model/Params/rgb_head_mean", "Model/Params/rgb_head_std",
+              "Model/Params/clip_head_mean", "Model/Params/clip_head_std")
+
+    # at each eval (scalars)
+    FRAME = tuple(f"Eval/Frame/{s}_{m}" for m in ("psnr", "clip_sim", "clip_dist") for s in ("train", "val"))
+    PSNR_STATS = tuple(f"Eval/PSNR_Stats/{s}_{m}" for s in ("train", "val") for m in ("std", "min", "max"))
+    PATCH = tuple(f"Eval/Patch/{s}_{m}" for m in ("psnr_std", "clip_sim_std") for s in ("train", "val"))
+    GAP = ("Eval/Gap/psnr_gap", "Eval/Gap/clip_sim_gap")
+    INFO = ("Eval/Info/num_train_frames", "Eval/Info/num_val_frames",
+            "Eval/Info/num_train_patches", "Eval/Info/num_val_patches")
+    EVAL = FRAME + PSNR_STATS + PATCH + GAP + INFO
+    # at each eval (histograms, images)
+    HISTOGRAMS = tuple(f"Eval/Histogram/{s}_{m}_distribution" for s in ("train", "val") for m in ("psnr", "clip_sim"))
+    IMAGES_PREFIX = "Eval/Images"
+
+    SCALARS = EPOCH + BATCH + PARAMS + EVAL
+
+
+def dual_layout() -> dict:
+    """The guide's "Recommended TensorBoard Layout": six categories for the Custom Scalars tab."""
+    t = DualTags
+    return {
+        "Overview": {
+            "PSNR (train vs val)": ["Multiline", [t.TRAIN_PSNR, "Eval/Frame/val_psnr"]],
+            "Total loss": ["Multiline", [t.TOTAL_LOSS]],
+            "Learning rate": ["Multiline", [t.LR]],
+        },
+        "Loss Breakdown": {
+            "Pixel loss": ["Multiline", [t.PIXEL_LOSS]],
+            "CLIP loss": ["Multiline", [t.CLIP_LOSS]],
+            "CLIP loss (weighted)": ["Multiline", [t.CLIP_LOSS_WEIGHTED]],
+            "CLIP loss active": ["Multiline", [t.CLIP_ACTIVE]],
+        },
+        "Gradients": {"Gradient norms": ["Multiline", [r"Train/Gradients/.*"]]},
+        "Evaluation": {
+            "Frame metrics": ["Multiline", [r"Eval/Frame/.*"]],
+            "Generalization gap": ["Multiline", [r"Eval/Gap/.*"]],
+        },
+        "Statistics": {
+            "PSNR statistics": ["Multiline", [r"Eval/PSNR_Stats/.*"]],
+            "Patch statistics": ["Multiline", [r"Eval/Patch/.*"]],
+        },
+        # Custom Scalars charts only hold scalars, so the histogram category charts the matching
+        # distribution summaries (std/min/max); the histograms themselves are in the Histograms tab.
+        "Distributions": {
+            "PSNR spread (Histograms tab: Eval/Histogram/*)": ["Margin", ["Eval/Frame/val_psnr", "Eval/PSNR_Stats/val_min", "Eval/PSNR_Stats/val_max"]],
+            "CLIP similarity spread": ["Multiline", [r"Eval/Patch/.*clip_sim_std"]],
+        },
+    }
+
+
+class CascadeTags:
+    """tensorboard_cascade.md: every tag is prefixed with the stage name (stage_64, ...)."""
+
+    STEP = ("train_loss_step", "train_diffusion_step", "train_physics_step")
+    EPOCH = ("train_loss", "train_diffusion", "train_physics", "val_loss", "val_diffusion", "val_physics",
+             "epoch_time", "learning_rate")
+    IMAGES = "val_samples"
+
+    @staticmethod
+    def tag(stage: str, name: str) -> str:
+        return f"{stage}/{name}"
+
+
+def cascade_layout(stages: list[str]) -> dict:
+    tag = CascadeTags.tag
+    return {
+        "Losses": {f"{s} train vs val": ["Multiline", [tag(s, "train_loss"), tag(s, "val_loss")]] for s in stages},
+        "Components": {
+            f"{s} diffusion vs physics": ["Multiline", [tag(s, n) for n in ("train_diffusion", "train_physics",
+                                                                             "val_diffusion", "val_physics")]]
+            for s in stages
+        },
+        "Speed and schedule": {
+            "Epoch time": ["Multiline", [tag(s, "epoch_time") for s in stages]],
+            "Learning rate": ["Multiline", [tag(s, "learning_rate") for s in stages]],
+        },
+    }
