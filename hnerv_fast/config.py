@@ -34,17 +34,18 @@ class EngineConfig:
     lr: float = 1e-3
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: str = "auto"  # auto (default on GPU, none on CPU) | none | default | max-autotune | reduce-overhead
-    amp: str = "none"  # none | bf16 (autocast on GPU)
+    amp: str = "none"  # none | bf16 | fp16 (autocast on GPU; fp16 adds a GradScaler)
     seed: int = 1
     deterministic: bool = False
     drop_last: bool = True  # static shapes: drop the last partial batch, else pad it with a zero-weight mask
     grad_clip: Optional[float] = None
+    stop_after: Optional[int] = None  # end this invocation after that epoch (schedule still spans `epochs`); resume later
     log_every_steps: int = 1
     progress: bool = True
 
 
 COMPILE_MODES = ("auto", "none", "default", "max-autotune", "reduce-overhead")
-AMP_MODES = ("none", "bf16")
+AMP_MODES = ("none", "bf16", "fp16")
 OPS_BACKENDS = ("auto", "reference", "cpp", "cuda", "triton")
 
 
@@ -134,11 +135,16 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        file_cfg = OmegaConf.load(path)
-    try:
-        cli_cfg = OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"bad override {list(overrides)}: {exc}") from None
+        file_cfg = OmegaConf.create(_yaml_load(path.read_text(), str(path)) or {})
+    cli_cfg = OmegaConf.create()
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"bad override {item!r}: expected key=value (e.g. train.epochs=20)")
+        try:
+            OmegaConf.update(cli_cfg, key, _yaml_load(value, item), force_add=True)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"{key}: {_first_line(exc)}") from None
     name = task or cli_cfg.get("task") or file_cfg.get("task") or "dual_hnerv"
     if name not in TASK_SCHEMAS:
         raise ConfigError(f"task: unknown task {name!r}; choose one of {sorted(TASK_SCHEMAS)}")
@@ -151,6 +157,36 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         raise ConfigError(f"{key or 'config'}: {_first_line(exc)}") from None
     validate(cfg)
     return cfg
+
+
+def _yaml_loader() -> type:
+    """YAML 1.1 reads `9_10_10` as the integer 91010; our values (splits, schedules) use underscores,
+    so numbers with underscores stay strings."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers
+                if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    integer = re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$")
+    decimal = re.compile(r"^(?:[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+"
+                         r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:int", integer, list("-+0123456789"))
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", decimal, list("-+0123456789."))
+    return Loader
+
+
+def _yaml_load(text: str, where: str):
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_yaml_loader())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse YAML in {where}: {exc}") from None
 
 
 def _first_line(exc: Exception) -> str:
@@ -186,6 +222,8 @@ def validate_engine(train: EngineConfig, prefix: str = "train") -> None:
     _check(train.compile in COMPILE_MODES, f"{prefix}.compile", f"{train.compile!r} not in {COMPILE_MODES}")
     _check(train.amp in AMP_MODES, f"{prefix}.amp", f"{train.amp!r} not in {AMP_MODES}")
     _check(train.log_every_steps >= 1, f"{prefix}.log_every_steps", "must be >= 1")
+    _check(train.stop_after is None or 1 <= train.stop_after <= train.epochs, f"{prefix}.stop_after",
+           f"must be between 1 and {prefix}.epochs ({train.epochs})")
     _check(
         train.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?", train.device) is not None,
         f"{prefix}.device",

@@ -185,9 +185,10 @@ class Engine:
         return grouped_grad_norms(grads, max_norm=self.cfg.grad_clip)
 
     # ------------------------------------------------------------------------------ the loop
-    def fit(self, epochs: int | None = None) -> None:
-        epochs = epochs or self.cfg.epochs
-        for epoch in range(self.start_epoch, epochs + 1):
+    def fit(self) -> None:
+        epochs = self.cfg.epochs
+        last = self.cfg.stop_after or epochs
+        for epoch in range(self.start_epoch, last + 1):
             self._run_epoch(epoch, epochs)
 
     def _run_epoch(self, epoch: int, epochs: int) -> None:

@@ -68,6 +68,7 @@ class DualHNeRVTask(Task):
             raise ConfigError(f"data.data_split: {d.data_split!r} leaves no training frame out of {num_frames}")
         self.split_frames = {"train": train_frames.to(device), "val": val_frames.to(device)}
         self.split_ids = {name: sample_ids(ids, self.grid).to(device) for name, ids in self.split_frames.items()}
+        build_spec(cfg, patch_hw, clip_dim=1)  # decoder/patch size mismatch fails before the CLIP encoder runs
         targets = clip_patch_targets(
             patches_cpu, model_name=cfg.clip.model, pretrained=cfg.clip.pretrained, cache_dir=cfg.clip.cache_dir,
             device=device, batch_size=cfg.clip.batch_size, cache_key_extra=f"grid{d.patch_rows}x{d.patch_cols}",

@@ -1,0 +1,35 @@
+import pytest
+import torch
+
+from hnerv_fast.train import checkpoint as ckpt
+
+
+def test_atomic_save_and_weights_only_load(tmp_path):
+    state = {"w": torch.arange(4.0), "epoch": 3, "config": {"a": [1, 2]}, "rng": ckpt.rng_state()}
+    path = ckpt.save_atomic(state, tmp_path / "x" / "latest.pt")
+    loaded = ckpt.load(path)
+    assert loaded["epoch"] == 3 and loaded["config"] == {"a": [1, 2]}
+    assert torch.equal(loaded["w"], state["w"])
+    assert list(path.parent.iterdir()) == [path]  # no temp file left
+
+
+def test_failed_save_leaves_old_file_intact(tmp_path):
+    path = ckpt.save_atomic({"v": 1}, tmp_path / "latest.pt")
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        ckpt.save_atomic({"v": Unpicklable()}, path)
+    assert ckpt.load(path) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
+
+
+def test_missing_and_corrupt_checkpoints(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="not found"):
+        ckpt.load(tmp_path / "none.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ckpt.CheckpointError, match="cannot read"):
+        ckpt.load(bad)

@@ -1,0 +1,65 @@
+import math
+
+import pytest
+import torch
+
+from hnerv_fast.models.blocks import PositionalEncoding
+from hnerv_fast.models.hnerv_dual import DualHNeRV, DualHNeRVSpec
+from hnerv_fast.train.schedule import cosine_multiplier
+
+
+def test_positional_encoding_values():
+    pe = PositionalEncoding(base=1.25, levels=3)
+    coords = torch.tensor([[0.5, 0.0, 1.0]])
+    out = pe(coords)
+    assert out.shape == (1, 3 * 2 * 3)
+    for c, v in enumerate([0.5, 0.0, 1.0]):
+        for k in range(3):
+            angle = v * 1.25**k * math.pi
+            assert out[0, c * 6 + k].item() == pytest.approx(math.sin(angle), abs=1e-6)
+            assert out[0, c * 6 + 3 + k].item() == pytest.approx(math.cos(angle), abs=1e-6)
+
+
+@pytest.mark.parametrize("fc_hw, strides, out_act", [((4, 4), (2, 2, 2), "tanh"), ((2, 4), (4, 2), "sigmoid"),
+                                                     ((1, 1), (5,), "none")])
+def test_output_shapes_and_ranges(fc_hw, strides, out_act):
+    spec = DualHNeRVSpec(pe_levels=8, fc_dim=24, fc_hw=fc_hw, dec_strds=strides, lower_width=8, out_act=out_act,
+                         clip_dim=40)
+    model = DualHNeRV(spec)
+    rgb, clip = model(torch.rand(5, 3))
+    h, w = spec.output_size()
+    assert rgb.shape == (5, 3, h, w) == (5, 3, fc_hw[0] * math.prod(strides), fc_hw[1] * math.prod(strides))
+    assert clip.shape == (5, 40)
+    assert torch.allclose(clip.norm(dim=-1), torch.ones(5), atol=1e-5)
+    if out_act != "none":
+        assert rgb.min() >= 0 and rgb.max() <= 1
+
+
+def test_widths_shrink_and_floor_and_kernels_grow():
+    spec = DualHNeRVSpec(fc_dim=96, dec_strds=(5, 4, 2, 2, 2), reduce=1.2, lower_width=32)
+    assert spec.widths() == [80, 67, 56, 47, 39]
+    assert DualHNeRVSpec(fc_dim=40, dec_strds=(2, 2, 2), lower_width=32).widths() == [33, 32, 32]
+    assert spec.kernels() == [1, 3, 5, 5, 5]
+
+
+def test_param_groups_cover_every_parameter_once():
+    model = DualHNeRV(DualHNeRVSpec(pe_levels=4, fc_dim=16, lower_width=8, clip_dim=8))
+    groups = model.param_groups()
+    assert list(groups) == ["decoder", "rgb_head", "clip_head"]
+    ids = [id(p) for params in groups.values() for p in params]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+
+
+def test_bad_coords_shape():
+    model = DualHNeRV(DualHNeRVSpec(pe_levels=4, fc_dim=16, lower_width=8, clip_dim=8))
+    with pytest.raises(ValueError, match="coords"):
+        model(torch.rand(4, 2))
+
+
+def test_cosine_schedule():
+    up, pw, lo = 0.1, 1.0, 0.1
+    assert cosine_multiplier(0.0, up, pw, lo) == pytest.approx(0.1)
+    assert cosine_multiplier(0.05, up, pw, lo) == pytest.approx(0.55)
+    assert cosine_multiplier(0.1, up, pw, lo) == pytest.approx(1.0)
+    assert cosine_multiplier(0.55, up, pw, lo) == pytest.approx(0.5)
+    assert cosine_multiplier(1.0, up, pw, lo) == pytest.approx(0.0, abs=1e-12)

@@ -1,0 +1,223 @@
+"""End-to-end dual-head HNeRV runs: the TensorBoard contract read back from event files, resume,
+bad input, and that the tiny config actually learns."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hnerv_fast.config import load_config
+from hnerv_fast.logging.layouts import DualTags as T
+from hnerv_fast.train import checkpoint as ckpt
+from hnerv_fast.train.runner import run, run_from_args
+from hnerv_fast.train.tasks.dual_hnerv import run_dir
+from tests.event_files import custom_scalar_layout, load_events, scalar_series
+
+TINY = "configs/dual_hnerv_tiny.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def clip_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("clip_cache")
+
+
+def overrides(tmp: Path, clip_cache: Path, *extra: str) -> list[str]:
+    return [f"output.output_dir={tmp}/out", f"clip.cache_dir={clip_cache}", "train.progress=false", *extra]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, clip_cache):
+    """The tiny config exactly as `make demo` runs it, into a temp folder."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    cfg = load_config(TINY, overrides(tmp, clip_cache))
+    out = run(cfg)
+    return cfg, out, load_events(out / "tensorboard")
+
+
+def steps(acc, tag):
+    return [s for s, _ in scalar_series(acc, tag)]
+
+
+def values(acc, tag):
+    return [v for _, v in scalar_series(acc, tag)]
+
+
+def test_every_contract_tag_is_written(tiny_run):
+    _, _, acc = tiny_run
+    tags = acc.Tags()
+    missing = [t for t in T.SCALARS if t not in tags["scalars"]]
+    assert not missing, f"missing scalar tags: {missing}"
+    missing = [t for t in T.HISTOGRAMS if t not in tags["histograms"]]
+    assert not missing, f"missing histograms: {missing}"
+    assert any(t.startswith(T.IMAGES_PREFIX + "/") for t in tags["images"])
+
+
+def test_cadence_per_batch_epoch_params_eval(tiny_run):
+    cfg, out, acc = tiny_run
+    t = cfg.train
+    epochs = t.epochs
+    train_frames = 36
+    steps_per_epoch = train_frames * 8 // t.batch_size
+    for tag in T.BATCH:
+        assert steps(acc, tag) == list(range(1, epochs * steps_per_epoch + 1)), tag
+    for tag in T.EPOCH:
+        assert steps(acc, tag) == list(range(1, epochs + 1)), tag
+    for tag in T.PARAMS:
+        assert steps(acc, tag) == list(range(t.params_every, epochs + 1, t.params_every)), tag
+    eval_epochs = sorted({e for e in range(1, epochs + 1) if e % t.eval_freq == 0} | {epochs})
+    for tag in T.EVAL:
+        assert steps(acc, tag) == eval_epochs, tag
+    for tag in T.HISTOGRAMS:
+        assert [h.step for h in acc.Histograms(tag)] == eval_epochs, tag
+
+
+def test_clip_warmup_and_loss_identities(tiny_run):
+    cfg, _, acc = tiny_run
+    warmup, lam = cfg.loss.pixel_loss_warmup_epochs, cfg.loss.clip_weight
+    active = values(acc, T.CLIP_ACTIVE)
+    assert active == [0.0] * warmup + [1.0] * (cfg.train.epochs - warmup)
+    clip, weighted = values(acc, T.CLIP_LOSS), values(acc, T.CLIP_LOSS_WEIGHTED)
+    pixel, total = values(acc, T.PIXEL_LOSS), values(acc, T.TOTAL_LOSS)
+    assert all(c == 0.0 for c in clip[:warmup]) and all(c > 0 for c in clip[warmup:])
+    for c, w, p, tot in zip(clip, weighted, pixel, total):
+        assert w == pytest.approx(lam * c, rel=1e-5, abs=1e-9)
+        assert tot == pytest.approx(p + lam * c, rel=1e-5)
+    ratio = values(acc, T.PIXEL_TO_CLIP)
+    assert all(r == 0.0 for r in ratio[:warmup])
+    assert ratio[-1] == pytest.approx(pixel[-1] / clip[-1], rel=1e-4)
+    # the CLIP head gets no gradient while its loss is off
+    clip_norms = values(acc, T.GRAD_CLIP)
+    assert all(n == 0.0 for n in clip_norms[:warmup]) and all(n > 0 for n in clip_norms[warmup:])
+    assert values(acc, T.GRAD_RGB_TO_CLIP)[:warmup] == [0.0] * warmup
+    batch_clip = values(acc, T.BATCH_CLIP)
+    assert batch_clip[0] == 0.0 and batch_clip[-1] > 0
+
+
+def test_gradient_norms_are_consistent(tiny_run):
+    _, _, acc = tiny_run
+    total = values(acc, T.GRAD_TOTAL)
+    parts = zip(values(acc, T.GRAD_DECODER), values(acc, T.GRAD_RGB), values(acc, T.GRAD_CLIP))
+    # per step total² = Σ group²; epoch means of norms satisfy total ≤ Σ groups and total ≥ max group
+    for tot, (d, r, c) in zip(total, parts):
+        assert max(d, r, c) <= tot * (1 + 1e-5) and tot <= (d + r + c) * (1 + 1e-5)
+
+
+def test_eval_gap_and_info(tiny_run):
+    _, _, acc = tiny_run
+    train_psnr, val_psnr = values(acc, "Eval/Frame/train_psnr"), values(acc, "Eval/Frame/val_psnr")
+    for g, tr, va in zip(values(acc, "Eval/Gap/psnr_gap"), train_psnr, val_psnr):
+        assert g == pytest.approx(tr - va, abs=1e-4)
+    for g, tr, va in zip(values(acc, "Eval/Gap/clip_sim_gap"), values(acc, "Eval/Frame/train_clip_sim"),
+                         values(acc, "Eval/Frame/val_clip_sim")):
+        assert g == pytest.approx(tr - va, abs=1e-5)
+    for d, s in zip(values(acc, "Eval/Frame/val_clip_dist"), values(acc, "Eval/Frame/val_clip_sim")):
+        assert d == pytest.approx(1 - s, abs=1e-6)
+    assert set(values(acc, "Eval/Info/num_train_frames")) == {36.0}
+    assert set(values(acc, "Eval/Info/num_val_frames")) == {4.0}
+    assert set(values(acc, "Eval/Info/num_train_patches")) == {36.0 * 8}
+    assert set(values(acc, "Eval/Info/num_val_patches")) == {4.0 * 8}
+    for lo, mid, hi in zip(values(acc, "Eval/PSNR_Stats/val_min"), val_psnr, values(acc, "Eval/PSNR_Stats/val_max")):
+        assert lo <= mid <= hi
+
+
+def test_learning_rate_follows_the_schedule(tiny_run):
+    cfg, _, acc = tiny_run
+    lrs = values(acc, T.LR)
+    peak = max(lrs)
+    assert peak <= cfg.train.lr * (1 + 1e-6)
+    assert lrs[-1] < 0.05 * cfg.train.lr  # cosine decays to ~0 at the end
+    assert lrs.index(peak) < len(lrs) // 2
+
+
+def test_custom_scalars_layout_has_six_categories(tiny_run):
+    _, _, acc = tiny_run
+    layout = custom_scalar_layout(acc)
+    assert list(layout) == ["Overview", "Loss Breakdown", "Gradients", "Evaluation", "Statistics", "Distributions"]
+    assert all(layout[c] for c in layout)
+
+
+def test_tiny_config_learns(tiny_run):
+    _, _, acc = tiny_run
+    psnr = values(acc, T.TRAIN_PSNR)
+    assert psnr[-1] - psnr[0] >= 5.0, psnr
+
+
+def test_checkpoints_and_config_written(tiny_run):
+    cfg, out, _ = tiny_run
+    assert (out / "config.yaml").is_file()
+    latest, best = ckpt.load(out / "latest.pt"), ckpt.load(out / "best.pt")
+    assert latest["epoch"] == cfg.train.epochs
+    assert latest["config"]["loss"]["pixel"] == cfg.loss.pixel
+    assert set(latest) >= {"model_state_dict", "optimizer_state_dict", "epoch", "rng", "config", "global_step"}
+    assert best["epoch"] in (10, 20, 30)
+    assert not list(out.glob("*.tmp"))
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return ckpt.load(out / "latest.pt")["model_state_dict"]
+
+
+def test_resume_continues_exactly(tmp_path, clip_cache):
+    common = ["train.epochs=4", "loss.pixel_loss_warmup_epochs=1", "train.eval_freq=2", "train.deterministic=true"]
+    straight = run(load_config(TINY, overrides(tmp_path / "a", clip_cache, *common)))
+    first = load_config(TINY, overrides(tmp_path / "b", clip_cache, *common, "train.stop_after=2"))
+    part = run(first)
+    assert ckpt.load(part / "latest.pt")["epoch"] == 2
+    resumed = run(load_config(TINY, overrides(tmp_path / "b", clip_cache, *common)), resume="latest")
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # the resumed run's event files continue the same step numbering
+    acc = load_events(resumed / "tensorboard")
+    assert steps(acc, T.TRAIN_PSNR) == [1, 2, 3, 4]
+
+
+# ------------------------------------------------------------------------------- bad input
+def _assert_clean_failure(code, capsys, pattern, out_dir: Path):
+    assert code != 0
+    err = capsys.readouterr().err
+    assert pattern in err, err
+    assert not list(out_dir.rglob("*.pt")) if out_dir.exists() else True
+
+
+def test_unknown_config_key_via_cli(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "hnerv_fast.train", "--config", TINY, "train.epochz=2", f"output.output_dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2
+    assert "train.epochz" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.rglob("*.pt"))
+
+
+def test_decoder_output_not_patch_size(tmp_path, clip_cache, capsys):
+    code = run_from_args(TINY, overrides(tmp_path, clip_cache, "model.dec_strds=[2,2]"), None)
+    _assert_clean_failure(code, capsys, "model.fc_hw / model.dec_strds", tmp_path)
+
+
+def test_empty_frame_folder(tmp_path, clip_cache, capsys):
+    empty = tmp_path / "frames"
+    empty.mkdir()
+    code = run_from_args(TINY, overrides(tmp_path, clip_cache, "data.source=folder", f"data.path={empty}"), None)
+    _assert_clean_failure(code, capsys, str(empty), tmp_path / "out")
+
+
+def test_missing_clip_checkpoint(tmp_path, capsys):
+    missing = tmp_path / "no_such_clip.pt"
+    code = run_from_args(TINY, overrides(tmp_path, tmp_path / "cache", f"clip.pretrained={missing}"), None)
+    _assert_clean_failure(code, capsys, str(missing), tmp_path / "out")
+
+
+def test_missing_resume_checkpoint(tmp_path, clip_cache, capsys):
+    code = run_from_args(TINY, overrides(tmp_path, clip_cache, "train.epochs=2"), "latest")
+    _assert_clean_failure(code, capsys, "checkpoint not found", tmp_path / "out")
+
+
+def test_run_dir_layout(tmp_path, clip_cache):
+    cfg = load_config(TINY, overrides(tmp_path, clip_cache))
+    assert run_dir(cfg).relative_to(tmp_path / "out").parts[0] == "tiny"
