@@ -14,7 +14,7 @@ from setuptools import setup
 def _extensions():
     from torch.utils import cpp_extension
 
-    cxx_flags = ["-O3", "-std=c++17"]
+    cxx_flags = ["-O3", "-std=c++20"]  # torch >= 2.10 headers need C++20
     cpu_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     exts = []
     if cpu_sources:
@@ -40,7 +40,7 @@ def _extensions():
             cpp_extension.CUDAExtension(
                 "hnerv_fast._C_cuda",
                 cuda_sources,
-                extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+                extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-std=c++20"]},
             )
         )
     return exts, cpp_extension.BuildExtension.with_options(use_ninja=True)

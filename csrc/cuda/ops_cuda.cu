@@ -1,0 +1,531 @@
+// CUDA kernels of the hnerv_fast ops (schemas and semantics: csrc/registration.cpp).
+//
+//  psnr          per-sample partial sums of squares (grid-stride, warp-shuffle block reduction),
+//                then a tiny finalize kernel (deterministic, no atomics).
+//  ssim_fwd      one block per 16x32 tile (8x32 for float64) of a plane: x/y tile + 10-px halo in
+//                shared memory, separable 11-tap blur of the 5 moments (horizontal into shared
+//                memory, vertical in registers), SSIM/cs + 3 coefficient maps per output pixel,
+//                L1/L2 over the tile's own pixels; per-tile partial sums, finalize per plane.
+//  ssim_bwd      same tiling over the input pixels: coefficient maps + halo in shared memory,
+//                separable blur (= transposed blur, the window is symmetric), fused with L1/L2.
+//  grouped_norms multi-tensor: one launch over a device table of (address, length, dtype) chunks
+//                sorted by group, per-chunk partial sums, then one block reduces per group.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <numeric>
+#include <vector>
+
+#include "../common.h"
+#include "ops_cuda.h"
+
+namespace hnerv_fast {
+namespace {
+
+constexpr int kWin = kSsimWin;
+constexpr int kHalo = kWin - 1;
+constexpr int kThreads = 256;
+constexpr int kTileW = 32;  // = blockDim.x
+constexpr int kBlockRows = 8;  // = blockDim.y
+
+template <typename Acc>
+struct Window {
+  Acc g[kWin];
+};
+
+template <typename Acc>
+Window<Acc> make_window() {
+  double gd[kWin];
+  gaussian_window(gd);
+  Window<Acc> w;
+  for (int k = 0; k < kWin; ++k) w.g[k] = static_cast<Acc>(gd[k]);
+  return w;
+}
+
+template <typename Acc>
+constexpr int tile_h() {
+  return sizeof(Acc) == 8 ? 8 : 16;
+}
+
+// ----------------------------------------------------------------------------------------------
+// reductions
+// ----------------------------------------------------------------------------------------------
+template <typename Acc>
+__device__ __forceinline__ Acc warp_sum(Acc v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Sum over the whole block; the result is valid in thread 0. `smem` holds >= 32 values.
+template <typename Acc>
+__device__ __forceinline__ Acc block_sum(Acc v, Acc* smem) {
+  const int tid = threadIdx.x + threadIdx.y * blockDim.x;
+  const int lane = tid & 31, warp = tid >> 5;
+  const int nwarps = (blockDim.x * blockDim.y + 31) >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // smem may still be read by a previous call
+  if (lane == 0) smem[warp] = v;
+  __syncthreads();
+  v = (tid < nwarps) ? smem[tid] : Acc(0);
+  if (warp == 0) v = warp_sum(v);
+  return v;
+}
+
+// ----------------------------------------------------------------------------------------------
+// PSNR
+// ----------------------------------------------------------------------------------------------
+template <typename T, typename Acc>
+__global__ void sse_partial_kernel(const T* __restrict__ x, const T* __restrict__ y, int64_t N, int64_t M,
+                                   int nb, Acc* __restrict__ partial) {
+  __shared__ Acc red[32];
+  for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {
+    const T* xs = x + n * M;
+    const T* ys = y + n * M;
+    Acc acc = 0;
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < M; i += int64_t(nb) * blockDim.x) {
+      const Acc d = static_cast<Acc>(xs[i]) - static_cast<Acc>(ys[i]);
+      acc += d * d;
+    }
+    acc = block_sum(acc, red);
+    if (threadIdx.x == 0) partial[n * nb + blockIdx.x] = acc;
+  }
+}
+
+template <typename Acc>
+__global__ void psnr_finalize_kernel(const Acc* __restrict__ partial, int64_t N, int nb, int64_t M,
+                                     Acc* __restrict__ out) {
+  for (int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; n < N; n += int64_t(gridDim.x) * blockDim.x) {
+    double s = 0.0;
+    for (int b = 0; b < nb; ++b) s += static_cast<double>(partial[n * nb + b]);
+    out[n] = static_cast<Acc>(-10.0 * log10(s / double(M) + 1e-9));
+  }
+}
+
+// ----------------------------------------------------------------------------------------------
+// SSIM forward
+// ----------------------------------------------------------------------------------------------
+template <typename T, typename Acc, int kTileH>
+__global__ void __launch_bounds__(kThreads) ssim_fwd_kernel(
+    const T* __restrict__ x, const T* __restrict__ y, int64_t P, int H, int W, int mode, bool store,
+    Window<Acc> win, Acc* __restrict__ coef, Acc* __restrict__ partial) {
+  constexpr int SH = kTileH + kHalo, SW = kTileW + kHalo;
+  __shared__ Acc sx[SH][SW];
+  __shared__ Acc sy[SH][SW];
+  __shared__ Acc hm[5][SH][kTileW];
+  __shared__ Acc red[32];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int tid = tx + ty * kTileW;
+  const int r0 = blockIdx.y * kTileH, c0 = blockIdx.x * kTileW;
+  const int Ho = H - kHalo, Wo = W - kHalo;
+  const int ntiles = gridDim.x * gridDim.y;
+  const int tile = blockIdx.x + blockIdx.y * gridDim.x;
+  const Acc C1 = Acc(0.0001), C2 = Acc(0.0009);
+
+  for (int64_t p = blockIdx.z; p < P; p += gridDim.z) {
+    const T* xp = x + p * int64_t(H) * W;
+    const T* yp = y + p * int64_t(H) * W;
+    // 1. tile + halo into shared memory (zeros outside the plane)
+    for (int i = tid; i < SH * SW; i += kThreads) {
+      const int rr = i / SW, cc = i % SW;
+      const int r = r0 + rr, c = c0 + cc;
+      const bool in = r < H && c < W;
+      sx[rr][cc] = in ? static_cast<Acc>(xp[int64_t(r) * W + c]) : Acc(0);
+      sy[rr][cc] = in ? static_cast<Acc>(yp[int64_t(r) * W + c]) : Acc(0);
+    }
+    __syncthreads();
+    // 2. L1 / L2 over the tile's own pixels
+    Acc sq = 0, ab = 0, val_sum = 0;
+    for (int rr = ty; rr < kTileH; rr += kBlockRows) {
+      if (r0 + rr < H && c0 + tx < W) {
+        const Acc d = sx[rr][tx] - sy[rr][tx];
+        sq += d * d;
+        ab += fabs(d);
+      }
+    }
+    if (mode > 0) {
+      // 3. horizontal blur of the 5 moments for every shared row
+      for (int rr = ty; rr < SH; rr += kBlockRows) {
+        Acc a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0;
+#pragma unroll
+        for (int k = 0; k < kWin; ++k) {
+          const Acc xv = sx[rr][tx + k], yv = sy[rr][tx + k], g = win.g[k];
+          const Acc gx = g * xv, gy = g * yv;
+          a0 += gx;
+          a1 += gy;
+          a2 += gx * xv;
+          a3 += gy * yv;
+          a4 += gx * yv;
+        }
+        hm[0][rr][tx] = a0;
+        hm[1][rr][tx] = a1;
+        hm[2][rr][tx] = a2;
+        hm[3][rr][tx] = a3;
+        hm[4][rr][tx] = a4;
+      }
+      __syncthreads();
+      // 4. vertical blur, SSIM / cs, coefficient maps
+      const int oc = c0 + tx;
+      for (int rr = ty; rr < kTileH; rr += kBlockRows) {
+        const int orow = r0 + rr;
+        if (orow >= Ho || oc >= Wo) continue;
+        Acc m1 = 0, m2 = 0, exx = 0, eyy = 0, exy = 0;
+#pragma unroll
+        for (int k = 0; k < kWin; ++k) {
+          const Acc g = win.g[k];
+          m1 += g * hm[0][rr + k][tx];
+          m2 += g * hm[1][rr + k][tx];
+          exx += g * hm[2][rr + k][tx];
+          eyy += g * hm[3][rr + k][tx];
+          exy += g * hm[4][rr + k][tx];
+        }
+        const Acc s11 = exx - m1 * m1, s22 = eyy - m2 * m2, s12 = exy - m1 * m2;
+        const Acc A2 = Acc(2) * s12 + C2;
+        const Acc iB2 = Acc(1) / (s11 + s22 + C2);
+        const Acc cs = A2 * iB2;
+        Acc v, d_mu, d_xx, d_xy;
+        if (mode == 1) {
+          const Acc A1 = Acc(2) * m1 * m2 + C1;
+          const Acc iB1 = Acc(1) / (m1 * m1 + m2 * m2 + C1);
+          const Acc l = A1 * iB1;
+          v = l * cs;
+          const Acc dl = (Acc(2) * m2 - Acc(2) * m1 * l) * iB1;
+          const Acc dcs = (Acc(2) * m1 * cs - Acc(2) * m2) * iB2;
+          d_mu = dl * cs + l * dcs;
+          d_xx = -l * cs * iB2;
+          d_xy = Acc(2) * l * iB2;
+        } else {
+          v = cs;
+          d_mu = (Acc(2) * m1 * cs - Acc(2) * m2) * iB2;
+          d_xx = -cs * iB2;
+          d_xy = Acc(2) * iB2;
+        }
+        val_sum += v;
+        if (store) {
+          const int64_t plane = int64_t(Ho) * Wo;
+          Acc* cp = coef + p * 3 * plane + int64_t(orow) * Wo + oc;
+          cp[0] = d_mu;
+          cp[plane] = d_xx;
+          cp[2 * plane] = d_xy;
+        }
+      }
+    }
+    // 5. per-tile partial sums
+    sq = block_sum(sq, red);
+    ab = block_sum(ab, red);
+    val_sum = block_sum(val_sum, red);
+    if (tid == 0) {
+      Acc* out = partial + (p * ntiles + tile) * 3;
+      out[0] = sq;
+      out[1] = ab;
+      out[2] = val_sum;
+    }
+    __syncthreads();
+  }
+}
+
+template <typename Acc>
+__global__ void ssim_finalize_kernel(const Acc* __restrict__ partial, int64_t P, int ntiles, double inv_hw,
+                                     double inv_o, Acc* __restrict__ stats) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < P * 3; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t p = i / 3;
+    const int q = int(i % 3);
+    double s = 0.0;
+    for (int t = 0; t < ntiles; ++t) s += static_cast<double>(partial[(p * ntiles + t) * 3 + q]);
+    stats[i] = static_cast<Acc>(s * (q < 2 ? inv_hw : inv_o));
+  }
+}
+
+// ----------------------------------------------------------------------------------------------
+// SSIM backward
+// ----------------------------------------------------------------------------------------------
+template <typename T, typename Acc, int kTileH>
+__global__ void __launch_bounds__(kThreads) ssim_bwd_kernel(
+    const T* __restrict__ x, const T* __restrict__ y, const Acc* __restrict__ gstats,
+    const Acc* __restrict__ coef, int64_t P, int H, int W, bool has_ssim, Window<Acc> win, T* __restrict__ dx) {
+  constexpr int SH = kTileH + kHalo, SW = kTileW + kHalo;
+  __shared__ Acc sc[3][SH][SW];
+  __shared__ Acc hc[3][SH][kTileW];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int tid = tx + ty * kTileW;
+  const int r0 = blockIdx.y * kTileH, c0 = blockIdx.x * kTileW;
+  const int Ho = H - kHalo, Wo = W - kHalo;
+  const int64_t plane_o = int64_t(Ho) * Wo;
+
+  for (int64_t p = blockIdx.z; p < P; p += gridDim.z) {
+    const Acc a = Acc(2) * gstats[p * 3 + 0] / Acc(double(H) * W);
+    const Acc b = gstats[p * 3 + 1] / Acc(double(H) * W);
+    const Acc s = has_ssim ? gstats[p * 3 + 2] / Acc(double(plane_o)) : Acc(0);
+    const int64_t base = p * int64_t(H) * W;
+    if (has_ssim) {
+      // coefficient maps for output rows r0-10 .. r0+kTileH-1, cols c0-10 .. c0+kTileW-1
+      const Acc* cp = coef + p * 3 * plane_o;
+      for (int i = tid; i < SH * SW; i += kThreads) {
+        const int rr = i / SW, cc = i % SW;
+        const int r = r0 - kHalo + rr, c = c0 - kHalo + cc;
+        const bool in = r >= 0 && r < Ho && c >= 0 && c < Wo;
+        const int64_t o = int64_t(r) * Wo + c;
+        sc[0][rr][cc] = in ? cp[o] : Acc(0);
+        sc[1][rr][cc] = in ? cp[o + plane_o] : Acc(0);
+        sc[2][rr][cc] = in ? cp[o + 2 * plane_o] : Acc(0);
+      }
+      __syncthreads();
+      for (int rr = ty; rr < SH; rr += kBlockRows) {
+        Acc a0 = 0, a1 = 0, a2 = 0;
+#pragma unroll
+        for (int k = 0; k < kWin; ++k) {
+          const Acc g = win.g[k];
+          a0 += g * sc[0][rr][tx + k];
+          a1 += g * sc[1][rr][tx + k];
+          a2 += g * sc[2][rr][tx + k];
+        }
+        hc[0][rr][tx] = a0;
+        hc[1][rr][tx] = a1;
+        hc[2][rr][tx] = a2;
+      }
+      __syncthreads();
+    }
+    const int c = c0 + tx;
+    for (int rr = ty; rr < kTileH; rr += kBlockRows) {
+      const int r = r0 + rr;
+      if (r >= H || c >= W) continue;
+      const int64_t o = base + int64_t(r) * W + c;
+      const Acc xv = static_cast<Acc>(x[o]), yv = static_cast<Acc>(y[o]);
+      const Acc d = xv - yv;
+      Acc g = a * d + b * Acc((d > Acc(0)) - (d < Acc(0)));
+      if (has_ssim) {
+        Acc t0 = 0, t1 = 0, t2 = 0;
+#pragma unroll
+        for (int k = 0; k < kWin; ++k) {
+          const Acc w = win.g[k];
+          t0 += w * hc[0][rr + k][tx];
+          t1 += w * hc[1][rr + k][tx];
+          t2 += w * hc[2][rr + k][tx];
+        }
+        g += s * (t0 + Acc(2) * xv * t1 + yv * t2);
+      }
+      dx[o] = static_cast<T>(g);
+    }
+    __syncthreads();
+  }
+}
+
+// ----------------------------------------------------------------------------------------------
+// grouped norms
+// ----------------------------------------------------------------------------------------------
+enum DTypeCode : int64_t { kF32 = 0, kF16 = 1, kBF16 = 2, kF64 = 3 };
+
+template <typename T>
+__device__ __forceinline__ float chunk_sumsq(const T* __restrict__ p, int64_t n) {
+  float acc = 0.f;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const float v = static_cast<float>(p[i]);
+    acc += v * v;
+  }
+  return acc;
+}
+
+// table: [addr x nchunks][len x nchunks][dtype x nchunks]
+__global__ void __launch_bounds__(kThreads) grouped_sumsq_kernel(const int64_t* __restrict__ table, int64_t nchunks,
+                                                                 float* __restrict__ partial) {
+  __shared__ float red[32];
+  for (int64_t c = blockIdx.x; c < nchunks; c += gridDim.x) {
+    const int64_t addr = table[c], n = table[nchunks + c], dt = table[2 * nchunks + c];
+    float acc;
+    switch (dt) {
+      case kF16: acc = chunk_sumsq(reinterpret_cast<const at::Half*>(addr), n); break;
+      case kBF16: acc = chunk_sumsq(reinterpret_cast<const at::BFloat16*>(addr), n); break;
+      case kF64: acc = chunk_sumsq(reinterpret_cast<const double*>(addr), n); break;
+      default: acc = chunk_sumsq(reinterpret_cast<const float*>(addr), n); break;
+    }
+    acc = block_sum(acc, red);
+    if (threadIdx.x == 0) partial[c] = acc;
+  }
+}
+
+// group_start: [G + 1] chunk offsets (chunks sorted by group). out: [1 + G].
+__global__ void __launch_bounds__(kThreads) grouped_finalize_kernel(const float* __restrict__ partial,
+                                                                    const int64_t* __restrict__ group_start,
+                                                                    int64_t G, float* __restrict__ out) {
+  __shared__ double red[32];
+  double total = 0.0;
+  for (int64_t g = 0; g < G; ++g) {
+    double s = 0.0;
+    for (int64_t c = group_start[g] + threadIdx.x; c < group_start[g + 1]; c += blockDim.x) s += partial[c];
+    s = block_sum(s, red);
+    if (threadIdx.x == 0) {
+      out[1 + g] = static_cast<float>(sqrt(s));
+      total += s;
+    }
+  }
+  if (threadIdx.x == 0) out[0] = static_cast<float>(sqrt(total));
+}
+
+int64_t grid_cap(int64_t n, int64_t cap) { return std::max<int64_t>(1, std::min(n, cap)); }
+
+void check_cuda(const at::Tensor& t, const char* op) {
+  TORCH_CHECK_VALUE(t.is_cuda(), op, " (CUDA): expected a CUDA tensor, got ", t.device());
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------------------------
+// launchers
+// ----------------------------------------------------------------------------------------------
+at::Tensor psnr_cuda(const at::Tensor& pred, const at::Tensor& target) {
+  check_image_pair(pred, target, "psnr");
+  check_cuda(pred, "psnr");
+  const c10::cuda::CUDAGuard guard(pred.device());
+  const at::Tensor x = pred.contiguous(), y = target.contiguous();
+  const int64_t N = x.size(0), M = x.numel() / N;
+  const int nb = static_cast<int>(grid_cap((M + kThreads * 8 - 1) / (kThreads * 8), 64));
+  const auto acc_t = opmath_type(x.scalar_type());
+  at::Tensor partial = at::empty({N * nb}, x.options().dtype(acc_t));
+  at::Tensor out = at::empty({N}, x.options().dtype(acc_t));
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "psnr_cuda", [&] {
+    using Acc = at::opmath_type<scalar_t>;
+    const dim3 grid(nb, static_cast<unsigned>(grid_cap(N, 65535)));
+    sse_partial_kernel<scalar_t, Acc><<<grid, kThreads, 0, stream>>>(
+        x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), N, M, nb, partial.data_ptr<Acc>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    psnr_finalize_kernel<Acc><<<grid_cap((N + kThreads - 1) / kThreads, 1024), kThreads, 0, stream>>>(
+        partial.data_ptr<Acc>(), N, nb, M, out.data_ptr<Acc>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> ssim_fwd_cuda(const at::Tensor& x_, const at::Tensor& y_, int64_t mode,
+                                                 bool save_coef) {
+  check_ssim_args(x_, y_, mode);
+  check_cuda(x_, "ssim_fwd");
+  const c10::cuda::CUDAGuard guard(x_.device());
+  const at::Tensor x = x_.contiguous(), y = y_.contiguous();
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = N * C;
+  TORCH_CHECK_VALUE(H < (1 << 30) && W < (1 << 30), "ssim_fwd: image too large");
+  const bool store = save_coef && mode > 0;
+  const int64_t Ho = mode > 0 ? H - kHalo : 0, Wo = mode > 0 ? W - kHalo : 0;
+  const auto acc_t = opmath_type(x.scalar_type());
+  at::Tensor stats = at::empty({N, C, 3}, x.options().dtype(acc_t));
+  at::Tensor coef = store ? at::empty({N, C, 3, Ho, Wo}, x.options().dtype(acc_t)) : at::empty({0}, x.options().dtype(acc_t));
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ssim_fwd_cuda", [&] {
+    using Acc = at::opmath_type<scalar_t>;
+    constexpr int TH = tile_h<Acc>();
+    const int gx = static_cast<int>((W + kTileW - 1) / kTileW), gy = static_cast<int>((H + TH - 1) / TH);
+    const int ntiles = gx * gy;
+    at::Tensor partial = at::empty({P * ntiles * 3}, x.options().dtype(acc_t));
+    const dim3 grid(gx, gy, static_cast<unsigned>(grid_cap(P, 65535)));
+    const dim3 block(kTileW, kBlockRows);
+    ssim_fwd_kernel<scalar_t, Acc, TH><<<grid, block, 0, stream>>>(
+        x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), P, static_cast<int>(H), static_cast<int>(W),
+        static_cast<int>(mode), store, make_window<Acc>(), store ? coef.data_ptr<Acc>() : nullptr,
+        partial.data_ptr<Acc>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const double inv_o = mode > 0 ? 1.0 / double(Ho * Wo) : 0.0;
+    ssim_finalize_kernel<Acc><<<grid_cap((P * 3 + kThreads - 1) / kThreads, 1024), kThreads, 0, stream>>>(
+        partial.data_ptr<Acc>(), P, ntiles, 1.0 / double(H * W), inv_o, stats.data_ptr<Acc>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {stats, coef};
+}
+
+at::Tensor ssim_bwd_cuda(const at::Tensor& grad_stats, const at::Tensor& x_, const at::Tensor& y_,
+                         const at::Tensor& coef_, int64_t mode) {
+  check_ssim_bwd_args(grad_stats, x_, y_, coef_, mode);
+  check_cuda(x_, "ssim_bwd");
+  const c10::cuda::CUDAGuard guard(x_.device());
+  const at::Tensor x = x_.contiguous(), y = y_.contiguous();
+  const auto acc_t = opmath_type(x.scalar_type());
+  const at::Tensor gs = grad_stats.to(acc_t).contiguous();
+  const at::Tensor coef = mode > 0 ? coef_.contiguous() : coef_;
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = N * C;
+  at::Tensor dx = at::empty_like(x);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ssim_bwd_cuda", [&] {
+    using Acc = at::opmath_type<scalar_t>;
+    constexpr int TH = tile_h<Acc>();
+    const int gx = static_cast<int>((W + kTileW - 1) / kTileW), gy = static_cast<int>((H + TH - 1) / TH);
+    const dim3 grid(gx, gy, static_cast<unsigned>(grid_cap(P, 65535)));
+    const dim3 block(kTileW, kBlockRows);
+    ssim_bwd_kernel<scalar_t, Acc, TH><<<grid, block, 0, stream>>>(
+        x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), gs.data_ptr<Acc>(),
+        mode > 0 ? coef.data_ptr<Acc>() : nullptr, P, static_cast<int>(H), static_cast<int>(W), mode > 0,
+        make_window<Acc>(), dx.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return dx;
+}
+
+at::Tensor grouped_norms_cuda(at::TensorList tensors, at::IntArrayRef groups, int64_t num_groups) {
+  TORCH_CHECK_VALUE(num_groups >= 0, "grouped_norms: num_groups must be >= 0");
+  TORCH_CHECK_VALUE(tensors.size() == groups.size(), "grouped_norms: ", tensors.size(), " tensors but ",
+                    groups.size(), " group ids");
+  TORCH_CHECK_VALUE(!tensors.empty(), "grouped_norms: no tensors");
+  const at::Device dev = tensors[0].device();
+  const c10::cuda::CUDAGuard guard(dev);
+  constexpr int64_t kChunk = 1 << 16;
+  const int64_t T = static_cast<int64_t>(tensors.size());
+  std::vector<at::Tensor> keep;
+  keep.reserve(T);
+  std::vector<int64_t> order(T);
+  std::iota(order.begin(), order.end(), 0);
+  for (int64_t i = 0; i < T; ++i) {
+    TORCH_CHECK_VALUE(groups[i] >= 0 && groups[i] < num_groups, "grouped_norms: group id ", groups[i],
+                      " out of range [0, ", num_groups, ")");
+    TORCH_CHECK_VALUE(tensors[i].device() == dev, "grouped_norms (CUDA): tensor ", i, " is on ",
+                      tensors[i].device(), ", expected ", dev);
+    const auto st = tensors[i].scalar_type();
+    TORCH_CHECK_VALUE(st == at::kFloat || st == at::kHalf || st == at::kBFloat16 || st == at::kDouble,
+                      "grouped_norms: unsupported dtype ", st);
+    keep.push_back(tensors[i].contiguous());
+  }
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return groups[a] < groups[b]; });
+  std::vector<int64_t> addr, len, dtc, gstart(num_groups + 1, 0);
+  for (int64_t oi : order) {
+    const at::Tensor& t = keep[oi];
+    const int64_t n = t.numel();
+    const auto st = t.scalar_type();
+    const int64_t code = st == at::kHalf ? kF16 : st == at::kBFloat16 ? kBF16 : st == at::kDouble ? kF64 : kF32;
+    const int64_t esz = static_cast<int64_t>(t.element_size());
+    for (int64_t s = 0; s < n; s += kChunk) {
+      addr.push_back(reinterpret_cast<int64_t>(t.data_ptr()) + s * esz);
+      len.push_back(std::min(kChunk, n - s));
+      dtc.push_back(code);
+      gstart[groups[oi] + 1] += 1;
+    }
+  }
+  for (int64_t g = 0; g < num_groups; ++g) gstart[g + 1] += gstart[g];
+  const int64_t nchunks = static_cast<int64_t>(addr.size());
+  at::Tensor host = at::empty({3 * nchunks + num_groups + 1},
+                              at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+  int64_t* hp = host.data_ptr<int64_t>();
+  std::copy(addr.begin(), addr.end(), hp);
+  std::copy(len.begin(), len.end(), hp + nchunks);
+  std::copy(dtc.begin(), dtc.end(), hp + 2 * nchunks);
+  std::copy(gstart.begin(), gstart.end(), hp + 3 * nchunks);
+  at::Tensor table = host.to(at::TensorOptions().device(dev).dtype(at::kLong), /*non_blocking=*/true);
+  at::Tensor out = at::empty({1 + num_groups}, at::TensorOptions().dtype(at::kFloat).device(dev));
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  if (nchunks > 0) {
+    at::Tensor partial = at::empty({nchunks}, out.options());
+    grouped_sumsq_kernel<<<grid_cap(nchunks, 65535), kThreads, 0, stream>>>(table.data_ptr<int64_t>(), nchunks,
+                                                                          partial.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    grouped_finalize_kernel<<<1, kThreads, 0, stream>>>(partial.data_ptr<float>(),
+                                                         table.data_ptr<int64_t>() + 3 * nchunks, num_groups,
+                                                         out.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else {
+    out.zero_();
+  }
+  return out;
+}
+
+}  // namespace hnerv_fast
