@@ -1,6 +1,6 @@
 import pytest
 
-from hnerv_fast.config import ConfigError, DualHNeRVConfig, from_dict, load_config, parse_split, to_dict
+from hnerv_fast.config import ConfigError, DualHNeRVConfig, from_dict, load_config, to_dict
 
 TINY = "configs/dual_hnerv_tiny.yaml"
 
@@ -13,7 +13,7 @@ def test_tiny_config_loads_into_dataclasses():
 
 
 def test_dotted_overrides_apply_with_types():
-    cfg = load_config(TINY, ["train.epochs=7", "loss.pixel=L1", "model.fc_hw=[2,2]", "clip.pretrained=null"])
+    cfg = load_config(TINY, ["train.epochs=7", "loss.pixel_loss_warmup_epochs=2", "loss.pixel=L1", "model.fc_hw=[2,2]", "clip.pretrained=null"])
     assert cfg.train.epochs == 7 and cfg.loss.pixel == "L1" and cfg.model.fc_hw == [2, 2]
     assert cfg.clip.pretrained is None
 
@@ -27,6 +27,7 @@ def test_dotted_overrides_apply_with_types():
         ("loss.pixel=Fusion13", "loss.pixel"),
         ("data.data_split=9_10", "data.data_split"),
         ("data.data_split=5_3_10", "data.data_split"),
+        ("data.data_split=0_5_10", "data.data_split"),
         ("loss.pixel_loss_warmup_epochs=99", "loss.pixel_loss_warmup_epochs"),
         ("train.compile=fast", "train.compile"),
         ("model.embed=fourier", "model.embed"),
@@ -46,10 +47,11 @@ def test_missing_config_file():
 
 
 def test_dict_round_trip():
-    cfg = load_config(TINY, ["train.epochs=3"])
+    cfg = load_config(TINY, ["train.epochs=3", "loss.pixel_loss_warmup_epochs=1"])
     assert from_dict(to_dict(cfg)) == cfg
 
 
-def test_parse_split():
-    assert parse_split("9_10_10") == (9, 10, 10)
-    assert parse_split("1_1_1") == (1, 1, 1)
+def test_split_strings_survive_yaml_and_overrides():
+    # YAML 1.1 would read 9_9_10 as the integer 9910
+    assert load_config(TINY).data.data_split == "9_9_10"
+    assert load_config(TINY, ["data.data_split=1_1_1"]).data.data_split == "1_1_1"

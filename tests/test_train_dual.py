@@ -214,7 +214,7 @@ def test_missing_clip_checkpoint(tmp_path, capsys):
 
 
 def test_missing_resume_checkpoint(tmp_path, clip_cache, capsys):
-    code = run_from_args(TINY, overrides(tmp_path, clip_cache, "train.epochs=2"), "latest")
+    code = run_from_args(TINY, overrides(tmp_path, clip_cache, "train.epochs=2", "loss.pixel_loss_warmup_epochs=1"), "latest")
     _assert_clean_failure(code, capsys, "checkpoint not found", tmp_path / "out")
 
 

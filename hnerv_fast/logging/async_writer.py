@@ -99,6 +99,9 @@ class AsyncSummaryWriter:
         self._queue.put(_Record("image", step, (tag,), host, event))
 
     def add_text(self, tag: str, text: str, step: int) -> None:
+        if threading.current_thread() is self._thread:  # from a callback: write in place (also while closing)
+            self._writer.add_text(tag, text, step)
+            return
         self._check_open()
         self._queue.put(_Record("text", step, (tag,), text))
 

@@ -7,10 +7,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hnerv_fast.config import ConfigError, DualHNeRVConfig, parse_embed, parse_schedule, parse_split, to_dict
+from hnerv_fast.config import ConfigError, DualHNeRVConfig, parse_embed, parse_schedule, to_dict
 from hnerv_fast.data.clip_targets import clip_patch_targets
 from hnerv_fast.data.patches import PatchGrid, from_patches, patch_coords, sample_ids, split_frames, to_patches
 from hnerv_fast.data.video import load_frames
+from hnerv_fast.health_rules import HealthMonitor
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
 from hnerv_fast.logging.layouts import DualTags as T
 from hnerv_fast.models.hnerv_dual import DualHNeRV, DualHNeRVSpec
@@ -62,7 +63,6 @@ class DualHNeRVTask(Task):
         num_frames, _, height, width = frames.shape
         patch_hw = self.grid.patch_size(height, width)
         patches_cpu = to_patches(frames, self.grid)
-        parse_split(d.data_split)
         train_frames, val_frames = split_frames(num_frames, d.data_split, d.shuffle, d.seed)
         if len(train_frames) == 0:
             raise ConfigError(f"data.data_split: {d.data_split!r} leaves no training frame out of {num_frames}")
@@ -80,7 +80,7 @@ class DualHNeRVTask(Task):
         self.model = DualHNeRV(spec).to(device)
         self.clip_active = torch.zeros((), device=device)
         self.schedule = parse_schedule(cfg.train.lr_schedule)
-        self.best_val_psnr: float | None = None
+        self.health = HealthMonitor(cfg.health)
 
     # ------------------------------------------------------------------------------ training
     def make_optimizer(self, lr: torch.Tensor) -> torch.optim.Optimizer:
@@ -135,7 +135,11 @@ class DualHNeRVTask(Task):
             T.GRAD_RGB_TO_CLIP: _safe_ratio(g_rgb, g_clip),
         }
         epochs = cfg.train.epochs
-        self.writer.add_scalars(epoch, values, callback=lambda v: _print_epoch(epoch, epochs, seconds, v))
+        def report(v: dict[str, float]) -> None:  # on the writer thread, values already on the host
+            _print_epoch(epoch, epochs, seconds, v)
+            self._check_health(epoch, v)
+
+        self.writer.add_scalars(epoch, values, callback=report)
         if epoch % cfg.train.params_every == 0:
             self._log_param_stats(epoch)
         if epoch % cfg.train.eval_freq == 0 or epoch > epochs - cfg.train.eval_last_epochs:
@@ -198,7 +202,7 @@ class DualHNeRVTask(Task):
         if "val" in frame_psnr_mean:
             scalars["Eval/Gap/psnr_gap"] = frame_psnr_mean["train"] - frame_psnr_mean["val"]
             scalars["Eval/Gap/clip_sim_gap"] = train_sim - val_sim
-        self.writer.add_scalars(epoch, scalars)
+        self.writer.add_scalars(epoch, scalars, callback=lambda v: self._check_health(epoch, v))
         # Eval is outside the hot loop: one host read decides which checkpoint is best.
         score = float(frame_psnr_mean.get("val", frame_psnr_mean["train"]))
         summary = " ".join(f"{s} {float(v):.2f} dB" for s, v in frame_psnr_mean.items())
@@ -214,6 +218,14 @@ class DualHNeRVTask(Task):
             pred = from_patches(rgb[k * count:(k + 1) * count], self.grid)[0]
             self.writer.add_image(f"{T.IMAGES_PREFIX}/{split}_frame{int(frames[k])}_target_vs_pred",
                                   torch.cat([target, pred], dim=1), epoch)
+
+    def _check_health(self, step: int, values: dict[str, float]) -> None:
+        """Warning signs of the monitoring guide: printed once when they first appear, logged as text."""
+        lines = self.health.update(step, values)
+        for line in lines:
+            _write_line(line)
+        if lines:
+            self.writer.add_text("Health/warnings", "\n".join(f"- {line}" for line in lines), step)
 
     # ------------------------------------------------------------------------- checkpoints
     def checkpoint_names(self, epoch: int, improved: bool, last: bool) -> list[str]:
