@@ -11,7 +11,7 @@ BUILD_ENV := MAX_JOBS=2 TORCH_CUDA_ARCH_LIST="8.0;9.0" $(if $(CUDA_HOME_DETECTED
 EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/* csrc/cuda/*) setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: install install-cuda demo test test-all bench tensorboard clean
+.PHONY: install install-cuda browser demo test bench tensorboard health clean
 
 $(VENV)/.torch:
 	python3 -m venv $(VENV)
@@ -35,11 +35,24 @@ install-cuda: $(VENV)/.installed-cuda
 demo: install
 	$(PY) -m hnerv_fast.train --config configs/dual_hnerv_tiny.yaml
 
-test: install-cuda
+# Headless Chromium for the dashboard screenshot test (Debian package; the test skips without it).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; } || \
+	  echo "chromium not installed: the TensorBoard screenshot test will be skipped"
+
+# Slow tests (marked `slow`) run in CI (CI=true) and with `make test SLOW=1`.
+test: install-cuda browser
 	bash scripts/run_tests.sh $(PY) $(PYTEST_ARGS)
 
 bench: install
-	$(PY) -m pytest benchmarks --benchmark-only -p no:cacheprovider
+	$(PY) -m pytest benchmarks --benchmark-only -p no:cacheprovider -s
+
+tensorboard: install
+	$(PY) -m hnerv_fast.tensorboard --logdir output
+
+health: install
+	$(PY) -m hnerv_fast.health output
 
 clean:
 	rm -rf $(VENV) build *.egg-info hnerv_fast/*.so
