@@ -18,9 +18,10 @@ RUNNERS = {
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input (config, data, checkpoints): one clear line, exit code 2."""
     from hnerv_fast.data.clip_targets import ClipCheckpointError
+    from hnerv_fast.data.ct_folder import CTFolderError
     from hnerv_fast.data.video import DataError
 
-    return ConfigError, DataError, ClipCheckpointError, ckpt.CheckpointError, FileNotFoundError
+    return ConfigError, DataError, ClipCheckpointError, CTFolderError, ckpt.CheckpointError, FileNotFoundError
 
 
 def run(cfg, resume: str | None = None) -> Path:

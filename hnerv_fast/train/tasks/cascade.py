@@ -1,0 +1,383 @@
+"""Hybrid ViT cascade task (X-ray -> CT, one conditional-diffusion stage per resolution).
+
+One :class:`CascadeStageTask` per stage; `cascade_run.run` trains the stages in order, each with its
+own Engine (AdamW, its own epochs / batch size / lr). Pieces:
+
+* :func:`load_cascade_data` - every case of the run (phantoms or a CT folder) as stacked tensors,
+  loaded up front so bad input fails before anything is written.
+* :class:`Conditioning` - the previous-stage volume a stage is conditioned on: the ground truth at
+  the previous stage's size (``train.conditioning=ground_truth``) or, by default, the volume the
+  trained previous stage DDIM-samples from the case's X-rays (``generated``: once per case, cached
+  for the whole stage, and recursively through the earlier stages, exactly as at inference).
+* :class:`CascadeStageTask` - forward + loss (``diffusion_and_physics_loss``), the seed tags of
+  tensorboard_cascade.md (names from ``CascadeTags``), validation with fixed (t, noise), DDIM sample
+  images, checkpoint names ``{stage}_best.pt`` / ``{stage}_epoch_{N}.pt`` / ``{stage}_final.pt``.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hnerv_fast.config import CascadeConfig, ConfigError, parse_schedule, to_dict
+from hnerv_fast.logging.async_writer import AsyncSummaryWriter
+from hnerv_fast.logging.layouts import CascadeTags as T
+from hnerv_fast.models.cascade import CascadeStage, StageConfig, diffusion_and_physics_loss, sample_stage
+from hnerv_fast.models.diffusion import CosineSchedule
+from hnerv_fast.train import checkpoint as ckpt
+from hnerv_fast.train.engine import Batch, Task, epoch_batches
+from hnerv_fast.train.schedule import cosine_multiplier
+
+# Data this small (bytes) stays on the accelerator; larger sets stay in pinned host memory and each
+# batch is copied over (non_blocking).
+DEVICE_DATA_LIMIT = 2 << 30
+
+
+# ------------------------------------------------------------------------------------------- data
+@dataclass
+class CascadeData:
+    """All cases of a run. ``volumes[S]`` is ``[N, 1, S, S, S]``; rows index the cases."""
+
+    names: list[str]
+    xrays: torch.Tensor  # [N, V, X, X]
+    volumes: dict[int, torch.Tensor]
+    train_rows: torch.Tensor  # long, on the storage device
+    val_rows: torch.Tensor
+    views: tuple[str, ...]
+    device: torch.device  # where the tensors live (the training device, or pinned host memory)
+
+    def to_device(self, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return tensor if tensor.device == device else tensor.to(device, non_blocking=True)
+
+
+def _stack_items(items: list[dict], sizes: list[int]) -> tuple[list[str], torch.Tensor, dict[int, torch.Tensor]]:
+    names = [it["name"] for it in items]
+    xrays = torch.stack([it["xrays"] for it in items]).float()
+    volumes = {s: torch.stack([it["volumes"][s] for it in items]).float() for s in sizes}
+    return names, xrays, volumes
+
+
+def load_cascade_data(cfg: CascadeConfig, device: torch.device) -> CascadeData:
+    """Phantoms (the last ``round(val_fraction * num_cases)`` cases, at least one, are validation)
+    or a CT folder (``CTFolderDataset`` split by case). Raises ``CTFolderError`` on bad folders."""
+    d = cfg.data
+    sizes = sorted({cfg.stages[name].size for name in cfg.stages})
+    views = tuple(d.views)
+    if d.source == "phantoms":
+        from hnerv_fast.data.phantoms import phantom_dataset
+
+        ds = phantom_dataset(d.num_cases, sizes=sizes, xray_size=d.xray_size, views=views, seed=d.seed,
+                             cache=False, supersample=d.supersample)
+        items = [ds[i] for i in range(len(ds))]
+        n_val = min(max(1, round(d.val_fraction * d.num_cases)), d.num_cases - 1)
+        n_train = d.num_cases - n_val
+    else:
+        from hnerv_fast.data.ct_folder import CTFolderDataset
+        from hnerv_fast.models.drr import drr
+
+        common = dict(sizes=sizes, xray_size=d.xray_size, views=views, val_fraction=d.val_fraction,
+                      seed=d.seed, project=drr, cache=False)
+        train = CTFolderDataset(d.root, split="train", **common)
+        val = CTFolderDataset(d.root, split="val", **common)
+        items = [train[i] for i in range(len(train))] + [val[i] for i in range(len(val))]
+        n_train, n_val = len(train), len(val)
+    names, xrays, volumes = _stack_items(items, sizes)
+    expected = (len(views), d.xray_size, d.xray_size)
+    if tuple(xrays.shape[1:]) != expected:
+        raise ConfigError(f"data.xray_size / data.views: X-rays are {list(xrays.shape[1:])}, expected {list(expected)}")
+    nbytes = xrays.numel() * 4 + sum(v.numel() * 4 for v in volumes.values())
+    storage = device if device.type == "cpu" or nbytes <= DEVICE_DATA_LIMIT else torch.device("cpu")
+    pin = device.type == "cuda" and storage.type == "cpu"
+
+    def place(t: torch.Tensor) -> torch.Tensor:
+        return t.pin_memory() if pin else t.to(storage)
+
+    rows = torch.arange(n_train + n_val, device=storage)
+    return CascadeData(names, place(xrays), {s: place(v) for s, v in volumes.items()}, rows[:n_train],
+                       rows[n_train:], views, storage)
+
+
+# ------------------------------------------------------------------------------------- stages
+def stage_config(cfg: CascadeConfig, name: str) -> StageConfig:
+    """The model hyper-parameters of stage ``name`` (config keys -> models.cascade.StageConfig)."""
+    s = cfg.stages[name]
+    try:
+        return StageConfig(name=name, volume_size=s.size, voxel_dim=s.width, depth=s.depth, num_heads=s.heads,
+                           patch_size=s.patch, xray_size=cfg.data.xray_size, num_views=len(cfg.data.views),
+                           views=tuple(cfg.data.views), mlp_ratio=s.mlp_ratio,
+                           encoder_channels=s.encoder_channels, lift_channels=s.lift_channels,
+                           cross_attention=s.cross_attention, grad_checkpointing=s.grad_checkpointing)
+    except ValueError as exc:
+        raise ConfigError(f"stages.{name}: {exc}") from None
+
+
+def load_stage_model(path: str | Path, device: torch.device) -> tuple[CascadeStage, dict[str, Any]]:
+    """A trained stage from one of its checkpoints (the stage config stored in it builds the model)."""
+    state = ckpt.load(path, map_location=device)
+    if "stage_config" not in state:
+        raise ckpt.CheckpointError(f"{path} is not a cascade stage checkpoint (no 'stage_config')")
+    try:
+        model = CascadeStage(StageConfig.from_dict(state["stage_config"])).to(device)
+        model.load_state_dict(state["model_state_dict"])
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise ckpt.CheckpointError(f"cannot build the stage model of {path}: {str(exc).splitlines()[0]}") from exc
+    model.eval()
+    return model, state
+
+
+def autocast(cfg: CascadeConfig, device: torch.device):
+    """Same autocast as the engine's step (GPU only) for the no-grad passes done outside it."""
+    if cfg.train.amp == "none" or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16)
+
+
+def _seed(*parts: int) -> int:
+    value = 0
+    for p in parts:
+        value = (value * 1_000_003 + int(p)) % (1 << 62)
+    return value
+
+
+def _generator(device: torch.device, *parts: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(_seed(*parts))
+
+
+class Conditioning:
+    """Previous-stage volumes (all cases, ``[N, 1, s, s, s]``) per stage; see the module doc.
+
+    ``generated``: stage k-1's model (kept from this process, else loaded from
+    ``<checkpoint_dir>/{stage}_final.pt``) DDIM-samples ``diffusion.ddim_steps`` steps from fixed
+    seeded noise, conditioned on its own previous stage in turn. The result is cached, so a stage's
+    conditioning is one fixed sample per case (not resampled per epoch) and generating costs one
+    DDIM pass per case and stage.
+    """
+
+    def __init__(self, cfg: CascadeConfig, data: CascadeData, device: torch.device, checkpoint_dir: str | Path):
+        self.cfg, self.data, self.device = cfg, data, device
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.order = cfg.cascade_order()
+        self.models: dict[str, CascadeStage] = {}
+        self._cache: dict[str, torch.Tensor] = {}
+        self.schedule = CosineSchedule(cfg.diffusion.timesteps, device=device)
+
+    def previous(self, name: str) -> str | None:
+        k = self.order.index(name)
+        return self.order[k - 1] if k > 0 else None
+
+    def final_path(self, name: str) -> Path:
+        return self.checkpoint_dir / f"{name}_final.pt"
+
+    def check_available(self, name: str) -> None:
+        """Fail early (before anything is written) when ``name`` needs earlier stages' weights."""
+        if self.cfg.train.conditioning != "generated":
+            return
+        for earlier in self.order[: self.order.index(name)]:
+            path = self.final_path(earlier)
+            if not path.is_file() and earlier not in self.models:
+                raise ckpt.CheckpointError(
+                    f"checkpoint not found: {path} (train.conditioning=generated: stage {name!r} is conditioned on "
+                    f"volumes generated by {earlier!r}; train {earlier!r} first or set train.conditioning=ground_truth)")
+
+    def for_stage(self, name: str) -> torch.Tensor | None:
+        prev = self.previous(name)
+        if prev is None:
+            return None
+        if self.cfg.train.conditioning == "ground_truth":
+            return self.data.volumes[self.cfg.stages[prev].size]
+        return self.generated(prev)
+
+    def generated(self, name: str) -> torch.Tensor:
+        if name in self._cache:
+            return self._cache[name]
+        model = self.models.get(name)
+        if model is None:
+            model, _ = load_stage_model(self.final_path(name), self.device)
+        cond = self.for_stage(name)
+        was_training = model.training
+        model.eval()
+        d = self.data
+        n = len(d.names)
+        size = model.config.volume_size
+        chunk = self.cfg.stage_engine(name).batch_size
+        gen = _generator(self.device, self.cfg.train.seed, self.order.index(name), 7)
+        out = []
+        with autocast(self.cfg, self.device):
+            for start in range(0, n, chunk):
+                rows = torch.arange(start, min(n, start + chunk), device=d.device)
+                x_T = torch.randn((len(rows), 1, size, size, size), generator=gen, device=self.device)
+                xr = d.to_device(d.xrays[rows], self.device)
+                prev = None if cond is None else d.to_device(cond[rows], self.device)
+                vol = _ddim(model, self.schedule, xr, prev, self.cfg.diffusion.ddim_steps, x_T)
+                out.append(vol.float().to(d.device))
+        model.train(was_training)
+        result = torch.cat(out)
+        if d.device.type == "cpu" and self.device.type == "cuda":
+            result = result.pin_memory()
+        self._cache[name] = result
+        return result
+
+
+@torch.no_grad()
+def _ddim(model: CascadeStage, schedule: CosineSchedule, xrays, prev, steps: int, x_T: torch.Tensor):
+    from hnerv_fast.models.diffusion import ddim_sample
+
+    return ddim_sample(lambda x, t: model(x, t, xrays, prev), x_T.shape, steps, schedule, x_T=x_T,
+                       device=x_T.device, dtype=torch.float32, clip_x0=(0.0, 1.0))
+
+
+# --------------------------------------------------------------------------------------- task
+class CascadeStageTask(Task):
+    metric_names = ("loss", "diffusion", "physics")
+
+    def __init__(self, cfg: CascadeConfig, name: str, data: CascadeData, prev: torch.Tensor | None,
+                 device: torch.device, writer: AsyncSummaryWriter | None = None):
+        self.cfg, self.name, self.data, self.prev, self.device, self.writer = cfg, name, data, prev, device, writer
+        self.engine_cfg = cfg.stage_engine(name)
+        self.stage_index = cfg.cascade_order().index(name)
+        self.stage_config = stage_config(cfg, name)
+        self.size = self.stage_config.volume_size
+        self.views = tuple(cfg.data.views)
+        self.model = CascadeStage(self.stage_config).to(device)
+        self.schedule = CosineSchedule(cfg.diffusion.timesteps, device=device)
+        self.physics_weight = float(cfg.diffusion.physics_weight)
+        self.lr_schedule = None if cfg.train.lr_schedule == "constant" else parse_schedule(cfg.train.lr_schedule)
+        self.val_loss: float | None = None
+        self.best_val_loss: float | None = None
+        self._tags_step = [T.tag(name, n) for n in T.STEP]
+        # fixed validation timesteps: val_draws stratified draws per case, seeded per stage
+        draws, steps = cfg.train.val_draws, cfg.diffusion.timesteps
+        g = torch.Generator().manual_seed(_seed(cfg.train.seed, self.stage_index, 11))
+        n_val = len(data.val_rows)
+        u = torch.rand((draws, n_val), generator=g, dtype=torch.float64)
+        bins = torch.arange(draws, dtype=torch.float64)[:, None]
+        t = ((bins + u) / draws * steps).long().clamp_(0, steps - 1)  # [draws, n_val]
+        self.val_t = t.reshape(-1).to(device)
+        self.val_rows = data.val_rows.repeat(draws)  # row k*n_val + i = case i, draw k
+
+    # ------------------------------------------------------------------------------ training
+    def make_optimizer(self, lr: torch.Tensor) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=self.cfg.train.weight_decay,
+                                 fused=True)
+
+    def lr_multiplier(self, progress: float) -> float:
+        return 1.0 if self.lr_schedule is None else cosine_multiplier(progress, *self.lr_schedule)
+
+    def grad_groups(self):
+        return {"model": list(self.model.parameters())}
+
+    def train_batches(self, epoch: int) -> list[Batch]:
+        e = self.engine_cfg
+        return epoch_batches(len(self.data.train_rows), e.batch_size, epoch, _seed(e.seed, self.stage_index),
+                             e.drop_last, self.data.device)
+
+    def _inputs(self, rows: torch.Tensor):
+        d, dev = self.data, self.device
+        x0 = d.to_device(d.volumes[self.size][rows], dev)
+        xrays = d.to_device(d.xrays[rows], dev)
+        prev = None if self.prev is None else d.to_device(self.prev[rows], dev)
+        return x0, xrays, prev
+
+    def forward_loss(self, batch: Batch):
+        # Padding rows of a partial last batch (drop_last=false) count like the others: the stage loss is a
+        # batch mean. t and noise come from the global RNG (saved in checkpoints: resume is exact).
+        x0, xrays, prev = self._inputs(self.data.train_rows[batch.ids])
+        total, diffusion, physics = diffusion_and_physics_loss(
+            self.model, self.schedule, x0, xrays, self.views, prev, self.physics_weight,
+            physics_at=self.cfg.diffusion.physics_at)
+        return total, torch.stack([total.detach(), diffusion.detach(), physics.detach()])
+
+    def on_step(self, epoch: int, global_step: int, metrics: torch.Tensor, norms: torch.Tensor) -> None:
+        if global_step % self.engine_cfg.log_every_steps == 0:
+            self.writer.add_scalars(global_step, dict(zip(self._tags_step, metrics)))
+
+    def progress_postfix(self) -> dict[str, float]:
+        value = self.writer.latest.get(self._tags_step[0]) if self.writer is not None else None
+        return {} if value is None else {"loss": round(value, 4)}
+
+    # ------------------------------------------------------------------------ epoch logging
+    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: int, lr: float, seconds: float) -> float | None:
+        tag = lambda n: T.tag(self.name, n)  # noqa: E731
+        train = sums[:3] / steps
+        val = self.validate()
+        values = {tag("train_loss"): train[0], tag("train_diffusion"): train[1], tag("train_physics"): train[2],
+                  tag("val_loss"): val[0], tag("val_diffusion"): val[1], tag("val_physics"): val[2],
+                  tag("epoch_time"): seconds, tag("learning_rate"): lr}
+        epochs = self.engine_cfg.epochs
+        self.writer.add_scalars(epoch, values, callback=lambda v: _print_epoch(self.name, epoch, epochs, v))
+        if self.cfg.train.val_samples > 0 and (epoch % self.cfg.train.sample_every == 0 or epoch == epochs):
+            self.log_samples(epoch)
+        # one host read per epoch (outside the hot loop) decides which checkpoint is best
+        self.val_loss = float(val[0])
+        if self.best_val_loss is None or self.val_loss < self.best_val_loss:
+            self.best_val_loss = self.val_loss
+        return -self.val_loss
+
+    @torch.no_grad()
+    def validate(self) -> torch.Tensor:
+        """[val_loss, val_diffusion, val_physics]: fixed t and noise (seeded per chunk), so epochs compare."""
+        self.model.eval()
+        sums = torch.zeros(3, device=self.device)
+        chunk = self.engine_cfg.batch_size
+        total_rows = len(self.val_rows)
+        for j, start in enumerate(range(0, total_rows, chunk)):
+            rows = self.val_rows[start:start + chunk]
+            x0, xrays, prev = self._inputs(rows)
+            gen = _generator(self.device, self.cfg.train.seed, self.stage_index, 13, j)
+            noise = torch.randn(x0.shape, generator=gen, device=self.device)
+            with autocast(self.cfg, self.device):
+                losses = diffusion_and_physics_loss(
+                    self.model, self.schedule, x0, xrays, self.views, prev, self.physics_weight,
+                    t=self.val_t[start:start + chunk], noise=noise, physics_at=self.cfg.diffusion.physics_at)
+            sums += torch.stack(losses).float() * len(rows)
+        self.model.train()
+        return sums / total_rows
+
+    @torch.no_grad()
+    def log_samples(self, epoch: int) -> None:
+        """DDIM samples of the first val_samples validation cases: middle depth slice, GT | sample."""
+        d = self.data
+        rows = d.val_rows[: self.cfg.train.val_samples]
+        x0, xrays, prev = self._inputs(rows)
+        gen = _generator(self.device, self.cfg.train.seed, self.stage_index, 17)
+        x_T = torch.randn(x0.shape, generator=gen, device=self.device)
+        self.model.eval()
+        with autocast(self.cfg, self.device):
+            sample = _ddim(self.model, self.schedule, xrays, prev, self.cfg.diffusion.ddim_steps, x_T).float()
+        self.model.train()
+        mid = self.size // 2
+        for i, row in enumerate(rows.tolist()):
+            gt, pred = x0[i, 0, mid], sample[i, 0, mid]  # [H, W]
+            gap = torch.ones(gt.shape[0], 1, device=gt.device)
+            image = torch.cat([gt, gap, pred], dim=1).clamp(0, 1).expand(3, -1, -1)
+            self.writer.add_image(f"{T.tag(self.name, T.IMAGES)}/{d.names[row]}", image, epoch)
+
+    # ------------------------------------------------------------------------- checkpoints
+    def checkpoint_names(self, epoch: int, improved: bool, last: bool) -> list[str]:
+        names = [f"{self.name}_best.pt"] if improved else []
+        stop = self.engine_cfg.stop_after
+        if epoch % self.cfg.train.save_every == 0 or (stop is not None and epoch == stop and not last):
+            names.append(f"{self.name}_epoch_{epoch}.pt")  # also where a stop_after invocation resumes from
+        if last:
+            names.append(f"{self.name}_final.pt")
+        return names
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {"stage": self.name, "stage_config": self.stage_config.to_dict(), "val_loss": self.val_loss,
+                "best_val_loss": self.best_val_loss, "cascade": self.cfg.cascade_order(), "config": to_dict(self.cfg)}
+
+    def load_extra(self, state: dict[str, Any]) -> None:
+        self.val_loss = state.get("val_loss")
+        self.best_val_loss = state.get("best_val_loss")
+
+
+def _print_epoch(stage: str, epoch: int, epochs: int, v: dict[str, float]) -> None:
+    from tqdm import tqdm
+
+    g = lambda n: v[T.tag(stage, n)]  # noqa: E731
+    tqdm.write(f"{stage} epoch {epoch}/{epochs} {g('epoch_time'):.1f}s  train {g('train_loss'):.4f} "
+               f"(diffusion {g('train_diffusion'):.4f}, physics {g('train_physics'):.4f})  "
+               f"val {g('val_loss'):.4f}  lr {g('learning_rate'):.2e}")
