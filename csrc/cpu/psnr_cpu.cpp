@@ -5,6 +5,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -39,7 +40,7 @@ at::Tensor psnr_cpu(const at::Tensor& pred, const at::Tensor& target) {
     using Acc = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* yp = y.data_ptr<scalar_t>();
-    at::parallel_for(0, N * nc, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, N * nc, std::max<int64_t>(1, (1 << 16) / std::min(kChunk, M)), [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
         const int64_t n = c / nc, k = c % nc;
         const int64_t off = n * M + k * kChunk;

@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -68,6 +69,9 @@ void window(T* g) {
   for (int k = 0; k < kSsimWin; ++k) g[k] = static_cast<T>(gd[k]);
 }
 
+// Planes per task: small inputs run inline instead of waking the thread pool.
+int64_t grain_planes(int64_t H, int64_t W) { return std::max<int64_t>(1, 16384 / (H * W)); }
+
 void check_cpu_dtype(const at::Tensor& x, const char* op) {
   TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
                     " (CPU): float32 or float64 input expected, got ", x.scalar_type());
@@ -98,7 +102,7 @@ std::tuple<at::Tensor, at::Tensor> ssim_fwd_cpu(const at::Tensor& x_, const at::
     T* cp = store ? coef.data_ptr<T>() : nullptr;
     const double inv_hw = 1.0 / double(H * W);
     const double inv_o = mode > 0 ? 1.0 / double(Ho * Wo) : 0.0;
-    at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, P, grain_planes(H, W), [&](int64_t begin, int64_t end) {
       std::vector<T> work(mode > 0 ? 5 * H * Wo : 0);
       for (int64_t p = begin; p < end; ++p) {
         const T* xq = xp + p * H * W;
@@ -143,7 +147,7 @@ at::Tensor ssim_bwd_cpu(const at::Tensor& grad_stats, const at::Tensor& x_, cons
     T* dp = dx.data_ptr<T>();
     const double inv_hw = 1.0 / double(H * W);
     const double inv_o = mode > 0 ? 1.0 / double(Ho * Wo) : 0.0;
-    at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, P, grain_planes(H, W), [&](int64_t begin, int64_t end) {
       std::vector<T> work(mode > 0 ? 3 * H * Wo + 3 * (Wo + 2 * kHalo) : 0);
       for (int64_t p = begin; p < end; ++p) {
         const T a = static_cast<T>(2.0 * double(gp[p * 3 + 0]) * inv_hw);
