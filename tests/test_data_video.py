@@ -1,7 +1,6 @@
 """Frame sources: synthetic generator, image folders, video files, dispatch and errors."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -46,18 +45,6 @@ def test_synthetic_varies_over_time_smoothly_and_has_content():
     # not flat: spatial variation and colour
     assert v.std() > 0.1
     assert (v[:, 0] - v[:, 1]).abs().mean() > 0.02
-
-
-def test_synthetic_is_fast():
-    # ~0.03 s / ~0.1 s on an idle 2-core box; the bound is loose because the CI box is shared.
-    # It still catches per-pixel Python loops (minutes).
-    synthetic_video(2, 16, 16)  # warm-up
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        synthetic_video(40, 128, 256)
-        best = min(best, time.perf_counter() - t0)
-    assert best < 5.0
 
 
 def test_synthetic_bad_args():
