@@ -34,6 +34,7 @@ install-cuda: $(VENV)/.installed-cuda
 
 demo: install
 	$(PY) -m hnerv_fast.train --config configs/dual_hnerv_tiny.yaml
+	$(PY) -m hnerv_fast.train --config configs/cascade_tiny.yaml
 
 # Headless Chromium for the dashboard screenshot test (Debian package; the test skips without it).
 browser:
