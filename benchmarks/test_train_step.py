@@ -1,0 +1,137 @@
+"""Training-step throughput: a seed-style eager loop vs the hnerv_fast step, same model/config/data.
+
+(a) seed-style: unfused reference losses, per-parameter gradient-norm loop with `.item()`, per-batch
+    `.item()` logging into a synchronous SummaryWriter.
+(b) hnerv_fast: fused ops, grouped grad norms in one call, metrics kept on device, async logger,
+    optionally torch.compile (train.compile).
+Also: logger overhead (hnerv_fast step with the async writer vs no logging vs a synchronous writer).
+
+Run: .venv/bin/python -m pytest benchmarks/test_train_step.py --benchmark-only -s
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from benchmarks.ratios import record_ratio
+from hnerv_fast.config import load_config
+from hnerv_fast.logging.async_writer import AsyncSummaryWriter
+from hnerv_fast.logging.layouts import DualTags as T
+from hnerv_fast.ops import reference
+from hnerv_fast.train.engine import Engine, seed_everything
+from hnerv_fast.train.tasks.dual_hnerv import DualHNeRVTask
+
+CONFIG = os.environ.get("BENCH_CONFIG", "configs/dual_hnerv_tiny.yaml")
+STEPS = 9  # one tiny-config epoch
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench_step")
+    cfg = load_config(CONFIG, [f"clip.cache_dir={tmp}/clip", "train.progress=false",
+                               "loss.pixel_loss_warmup_epochs=0"])  # CLIP loss on: the full step
+    seed_everything(cfg.train.seed, deterministic=False)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return cfg, device, tmp
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _fast_engine(cfg, device, tmp, compile_mode="none"):
+    cfg.train.compile = compile_mode
+    task = DualHNeRVTask(cfg, device)
+    engine = Engine(task, cfg.train, device, tmp / "ckpt")
+    task.begin_epoch(1)
+    return task, engine
+
+
+def _fast_epoch(task, engine, batches, device, log: bool):
+    for i, batch in enumerate(batches):
+        metrics, norms = engine.train_step(batch)
+        if log:
+            task.on_step(1, i + 1, metrics, norms)
+    _sync(device)
+
+
+def _seed_style_epoch(task, model, optimizer, writer, batches, device, step0=0):
+    """What the published trainer does per batch."""
+    groups = model.param_groups()
+    for i, batch in enumerate(batches):
+        ids = task.split_ids["train"][batch.ids]
+        target = task.patches[ids].float() / 255.0
+        rgb, embedding = model(task.coords[ids])
+        pixel = reference.pixel_loss(rgb, target, task.cfg.loss.pixel).mean()
+        clip = (1 - torch.nn.functional.cosine_similarity(embedding, task.clip_targets[ids], dim=-1)).mean()
+        total = pixel + task.cfg.loss.clip_weight * clip
+        optimizer.zero_grad()
+        total.backward()
+        norms = {name: sum(p.grad.norm().item() ** 2 for p in params) ** 0.5 for name, params in groups.items()}
+        optimizer.step()
+        psnr = reference.psnr(rgb.detach(), target).mean()
+        step = step0 + i
+        writer.add_scalar(T.BATCH_PSNR, psnr.item(), step)
+        writer.add_scalar(T.BATCH_PIXEL, pixel.item(), step)
+        writer.add_scalar(T.BATCH_CLIP, clip.item(), step)
+        writer.add_scalar(T.BATCH_TOTAL, total.item(), step)
+        writer.add_scalar(T.GRAD_TOTAL, sum(v**2 for v in norms.values()) ** 0.5, step)
+        writer.flush()  # the seed writes synchronously
+    _sync(device)
+
+
+def test_seed_style_eager_loop(benchmark, setup):
+    cfg, device, tmp = setup
+    task, _ = _fast_engine(cfg, device, tmp)
+    model = task.model
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    batches = task.train_batches(1)[:STEPS]
+    with SummaryWriter(str(tmp / "seed_tb")) as writer:
+        _seed_style_epoch(task, model, optimizer, writer, batches, device)  # warm-up
+        benchmark.pedantic(_seed_style_epoch, args=(task, model, optimizer, writer, batches, device),
+                           rounds=3, iterations=1)
+    record_ratio("train step", "seed-style eager", benchmark)
+
+
+@pytest.mark.parametrize("compile_mode", ["none", "default"])
+def test_hnerv_fast_step(benchmark, setup, compile_mode):
+    cfg, device, tmp = setup
+    task, engine = _fast_engine(cfg, device, tmp, compile_mode)
+    batches = task.train_batches(1)[:STEPS]
+    with AsyncSummaryWriter(str(tmp / f"fast_tb_{compile_mode}")) as writer:
+        task.writer = writer
+        _fast_epoch(task, engine, batches, device, log=True)  # warm-up (and compile)
+        benchmark.pedantic(_fast_epoch, args=(task, engine, batches, device, True), rounds=3, iterations=1)
+    record_ratio("train step", f"hnerv_fast compile={compile_mode}", benchmark)
+
+
+@pytest.mark.parametrize("logger", ["off", "async", "sync"])
+def test_logger_overhead(benchmark, setup, logger):
+    cfg, device, tmp = setup
+    task, engine = _fast_engine(cfg, device, tmp)
+    batches = task.train_batches(1)[:STEPS]
+
+    class SyncWriter:  # same tags, written on the caller's thread (forces a host read per value)
+        def __init__(self, logdir):
+            self.w = SummaryWriter(logdir)
+            self.latest = {}
+
+        def add_scalars(self, step, values, callback=None):
+            for tag, value in values.items():
+                self.w.add_scalar(tag, float(value), step)
+
+    if logger == "off":
+        benchmark.pedantic(_fast_epoch, args=(task, engine, batches, device, False), rounds=3, iterations=1)
+    elif logger == "async":
+        with AsyncSummaryWriter(str(tmp / "tb_async")) as writer:
+            task.writer = writer
+            benchmark.pedantic(_fast_epoch, args=(task, engine, batches, device, True), rounds=3, iterations=1)
+    else:
+        task.writer = SyncWriter(str(tmp / "tb_sync"))
+        benchmark.pedantic(_fast_epoch, args=(task, engine, batches, device, True), rounds=3, iterations=1)
+        task.writer.w.close()
+    record_ratio("logger", f"logging {logger}", benchmark)
