@@ -8,9 +8,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "ops_cpu.h"
+#include "simd.h"
 
 namespace hnerv_fast {
 namespace {
@@ -19,6 +21,9 @@ constexpr int64_t kSub = 4096;  // float partial sums stay short, then go to dou
 
 template <typename T>
 double seg_sumsq(const T* __restrict p, int64_t n) {
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    return simd::fns<T>().sum_sq(p, n);
+  }
   using Acc = at::opmath_type<T>;
   double total = 0.0;
   for (int64_t s = 0; s < n; s += kSub) {

@@ -7,9 +7,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "ops_cpu.h"
+#include "simd.h"
 
 namespace hnerv_fast {
 namespace {
@@ -45,7 +47,11 @@ at::Tensor psnr_cpu(const at::Tensor& pred, const at::Tensor& target) {
         const int64_t n = c / nc, k = c % nc;
         const int64_t off = n * M + k * kChunk;
         const int64_t len = std::min(kChunk, M - k * kChunk);
-        part[c] = chunk_sse<scalar_t, Acc>(xp + off, yp + off, len);
+        if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
+          part[c] = simd::fns<scalar_t>().sum_sq_diff(xp + off, yp + off, len);
+        } else {
+          part[c] = chunk_sse<scalar_t, Acc>(xp + off, yp + off, len);
+        }
       }
     });
   });

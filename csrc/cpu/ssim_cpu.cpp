@@ -11,56 +11,12 @@
 
 #include "ops_cpu.h"
 
-#define HNERV_NS hnerv_plane_generic
-#include "ssim_plane.inc"
-#undef HNERV_NS
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define HNERV_HAVE_AVX2 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#define HNERV_NS hnerv_plane_avx2
-#include "ssim_plane.inc"
-#undef HNERV_NS
-#pragma GCC pop_options
-#endif
+#include "simd.h"
 
 namespace hnerv_fast {
 namespace {
 
 constexpr int64_t kHalo = kSsimWin - 1;
-
-template <typename T>
-struct PlaneFns {
-  void (*sq_abs)(const T*, const T*, int64_t, int64_t, double*, double*);
-  double (*fwd[2][2])(const T*, const T*, int64_t, int64_t, const T*, T*, T*);  // [mode-1][store]
-  void (*bwd)(const T*, const T*, int64_t, int64_t, const T*, const T*, T, T, T, T*, T*);
-};
-
-#define HNERV_FILL_FNS(NS, T)                                      \
-  {                                                                \
-    NS::plane_sq_abs<T>,                                           \
-        {{NS::plane_ssim_fwd<T, 1, false>, NS::plane_ssim_fwd<T, 1, true>}, \
-         {NS::plane_ssim_fwd<T, 2, false>, NS::plane_ssim_fwd<T, 2, true>}}, \
-        NS::plane_ssim_bwd<T>                                      \
-  }
-
-bool use_avx2() {
-#ifdef HNERV_HAVE_AVX2
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
-
-template <typename T>
-PlaneFns<T> plane_fns() {
-#ifdef HNERV_HAVE_AVX2
-  if (use_avx2()) return HNERV_FILL_FNS(hnerv_plane_avx2, T);
-#endif
-  return HNERV_FILL_FNS(hnerv_plane_generic, T);
-}
 
 template <typename T>
 void window(T* g) {
@@ -93,7 +49,7 @@ std::tuple<at::Tensor, at::Tensor> ssim_fwd_cpu(const at::Tensor& x_, const at::
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ssim_fwd_cpu", [&] {
     using T = scalar_t;
-    const PlaneFns<T> fns = plane_fns<T>();
+    const simd::PlaneFns<T>& fns = simd::fns<T>();
     T g[kSsimWin];
     window(g);
     const T* xp = x.data_ptr<T>();
@@ -137,7 +93,7 @@ at::Tensor ssim_bwd_cpu(const at::Tensor& grad_stats, const at::Tensor& x_, cons
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ssim_bwd_cpu", [&] {
     using T = scalar_t;
-    const PlaneFns<T> fns = plane_fns<T>();
+    const simd::PlaneFns<T>& fns = simd::fns<T>();
     T g[kSsimWin];
     window(g);
     const T* xp = x.data_ptr<T>();
