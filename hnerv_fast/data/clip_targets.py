@@ -21,11 +21,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from hnerv_fast.atomic import save_atomic
 
 __all__ = [
     "ClipCheckpointError",
@@ -285,23 +286,6 @@ def _load_cache(path: Path, n: int):
     return emb.to(torch.float32)
 
 
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def clip_patch_targets(
     patches_uint8: torch.Tensor,
     *,
@@ -350,6 +334,6 @@ def clip_patch_targets(
             out.append(F.normalize(emb, dim=-1).cpu())
     emb = torch.cat(out) if out else torch.zeros(0, int(getattr(model.visual, "output_dim", 0)))
     del model
-    _atomic_save({"embeddings": emb, "model_name": str(model_name),
+    save_atomic({"embeddings": emb, "model_name": str(model_name),
                   "pretrained": _pretrained_key(pretrained), "shape": list(patches_uint8.shape)}, path)
     return emb

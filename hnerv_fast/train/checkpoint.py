@@ -5,32 +5,16 @@ Checkpoints hold only tensors and plain Python containers so they load with `wei
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from hnerv_fast.atomic import save_atomic  # noqa: F401  (re-exported: the checkpoint writer)
+
 
 class CheckpointError(RuntimeError):
     pass
-
-
-def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
