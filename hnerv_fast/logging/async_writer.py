@@ -32,10 +32,15 @@ class _Record:
     extra: dict = field(default_factory=dict)
 
 
-def _stack_scalars(values: list) -> torch.Tensor:
-    """One 1-D float32 tensor on the device of the first tensor given (one copy instead of many)."""
-    device = next((v.device for v in values if isinstance(v, torch.Tensor)), torch.device("cpu"))
-    return torch.stack([torch.as_tensor(v, device=device).detach().float().reshape(()) for v in values])
+def _split_scalars(values: Mapping[str, torch.Tensor | float]):
+    """(tensor tags, their values stacked into one 1-D float32 tensor or None, {tag: python float}).
+
+    Tensors are stacked on their device (one copy instead of many); plain numbers stay on the host,
+    so they never cost a host->device copy (a synchronising one on GPU)."""
+    tensors = {t: v for t, v in values.items() if isinstance(v, torch.Tensor)}
+    plain = {t: float(v) for t, v in values.items() if not isinstance(v, torch.Tensor)}
+    stacked = torch.stack([v.detach().float().reshape(()) for v in tensors.values()]) if tensors else None
+    return tuple(tensors), stacked, plain
 
 
 def _to_host(tensor: torch.Tensor):
@@ -81,11 +86,11 @@ class AsyncSummaryWriter:
     ) -> None:
         """Queue scalar tags for `step`. `callback(values_as_floats)` runs on the writer thread."""
         self._check_open()
-        tags = tuple(values)
-        if not tags:
+        if not values:
             return
-        host, event = _to_host(_stack_scalars(list(values.values())))
-        self._queue.put(_Record("scalars", step, tags, host, event, callback))
+        tensor_tags, stacked, plain = _split_scalars(values)
+        host, event = _to_host(stacked) if stacked is not None else (None, None)
+        self._queue.put(_Record("scalars", step, tuple(values), (tensor_tags, host, plain), event, callback))
 
     def add_histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
         self._check_open()
@@ -173,7 +178,10 @@ class AsyncSummaryWriter:
             r.event.synchronize()
         w = self._writer
         if r.kind == "scalars":
-            floats = dict(zip(r.tags, r.payload.tolist()))
+            tensor_tags, host, plain = r.payload
+            known = dict(zip(tensor_tags, host.tolist())) if host is not None else {}
+            known.update(plain)
+            floats = {tag: known[tag] for tag in r.tags}  # in the caller's order
             for tag, value in floats.items():
                 w.add_scalar(tag, value, r.step)
             self.latest.update(floats)
