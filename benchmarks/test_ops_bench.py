@@ -35,17 +35,19 @@ def _report(request):
     set_backend("auto")
     yield
     tr = request.config.pluginmanager.getplugin("terminalreporter")
+    capman = request.config.pluginmanager.getplugin("capturemanager")
     if tr is None or not _results:
         return
     fast_backend = _backends.resolve(DEVICE)
-    tr.write_line("")
-    tr.write_line(f"fused ops on {DEVICE.type} (fast backend: {fast_backend}, torch threads: {torch.get_num_threads()})")
-    tr.write_line(f"{'case':<24}{'baseline ms':>14}{'fused ms':>12}{'speed-up':>10}")
+    lines = ["", f"fused ops on {DEVICE.type} (fast backend: {fast_backend}, torch threads: {torch.get_num_threads()})",
+             f"{'case':<28}{'baseline ms':>14}{'fused ms':>12}{'speed-up':>10}"]
     for case in sorted({c for c, _ in _results}):
         base, fast = _results.get((case, "baseline")), _results.get((case, "fused"))
-        if base is None or fast is None:
-            continue
-        tr.write_line(f"{case:<24}{base * 1e3:>14.3f}{fast * 1e3:>12.3f}{base / fast:>9.2f}x")
+        if base is not None and fast is not None:
+            lines.append(f"{case:<28}{base * 1e3:>14.3f}{fast * 1e3:>12.3f}{base / fast:>9.2f}x")
+    with capman.global_and_fixture_disabled():
+        for line in lines:
+            tr.write_line(line)
 
 
 def _record(benchmark, case, impl):

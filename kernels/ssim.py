@@ -64,8 +64,8 @@ def _blur(t, gv, gh):
 def _ssim_fwd_kernel(x_ptr, y_ptr, win_ptr, coef_ptr, part_ptr, H, W, Ho, Wo, n_tw, n_tiles,
                      MODE: tl.constexpr, STORE: tl.constexpr, R: tl.constexpr, CI: tl.constexpr,
                      ACC: tl.constexpr):
-    t = tl.program_id(0)
-    p = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0).to(tl.int64)  # plane (axis 0: up to 2^31 - 1 programs)
+    t = tl.program_id(1)  # tile
     ri = tl.arange(0, R)[:, None]
     ci = tl.arange(0, CI)[None, :]
     rows = (t // n_tw) * (R - 10) + ri
@@ -126,8 +126,8 @@ def _ssim_fwd_kernel(x_ptr, y_ptr, win_ptr, coef_ptr, part_ptr, H, W, Ho, Wo, n_
 @triton.jit
 def _ssim_bwd_kernel(x_ptr, y_ptr, gs_ptr, win_ptr, coef_ptr, dx_ptr, H, W, Ho, Wo, n_tw,
                      HAS_SSIM: tl.constexpr, R: tl.constexpr, CI: tl.constexpr, ACC: tl.constexpr):
-    t = tl.program_id(0)
-    p = tl.program_id(1).to(tl.int64)
+    p = tl.program_id(0).to(tl.int64)  # plane (axis 0: up to 2^31 - 1 programs)
+    t = tl.program_id(1)  # tile
     ri = tl.arange(0, R)[:, None]
     ci = tl.arange(0, CI)[None, :]
     rows = (t // n_tw) * (R - 10) + ri
@@ -180,7 +180,7 @@ def ssim_fwd(x: torch.Tensor, y: torch.Tensor, mode: int, save_coef: bool):
     n_tw, n_th = triton.cdiv(w, CI - HALO), triton.cdiv(h, R - HALO)
     n_tiles = n_tw * n_th
     part = torch.empty((p, n_tiles, 3), dtype=acc, device=x.device)
-    _ssim_fwd_kernel[(n_tiles, p)](
+    _ssim_fwd_kernel[(p, n_tiles)](
         x, y, _window(x.device, acc), coef, part, h, w, ho, wo, n_tw, n_tiles,
         MODE=mode, STORE=store, R=R, CI=CI, ACC=tl_dtype(x.dtype))
     sums = part.sum(1)
@@ -209,7 +209,7 @@ def ssim_bwd(grad_stats: torch.Tensor, x: torch.Tensor, y: torch.Tensor, coef: t
     scaled[..., 2] = gs[..., 2] * (1.0 / (ho * wo) if mode else 0.0)
     dx = torch.empty_like(x)
     n_tw, n_th = triton.cdiv(w, CI - HALO), triton.cdiv(h, R - HALO)
-    _ssim_bwd_kernel[(n_tw * n_th, n * c)](
+    _ssim_bwd_kernel[(n * c, n_tw * n_th)](
         x, y, scaled, _window(x.device, acc), coef if mode else gs, dx, h, w, ho, wo, n_tw,
         HAS_SSIM=mode > 0, R=R, CI=CI, ACC=tl_dtype(x.dtype))
     return dx
