@@ -50,6 +50,9 @@ const PlaneFns<T>& fns() {
   return f;
 }
 
+int64_t fwd_work_elems(int64_t H, int64_t W) { return hnerv_kern_generic::fwd_work_elems(H, W); }
+int64_t bwd_work_elems(int64_t H, int64_t W) { return hnerv_kern_generic::bwd_work_elems(H, W); }
+
 template const PlaneFns<float>& fns<float>();
 template const PlaneFns<double>& fns<double>();
 

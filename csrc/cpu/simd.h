@@ -14,6 +14,10 @@ struct PlaneFns {
   double (*sum_sq)(const T*, int64_t);
 };
 
+// Scratch sizes (elements) of the plane kernels' `work` argument.
+int64_t fwd_work_elems(int64_t H, int64_t W);
+int64_t bwd_work_elems(int64_t H, int64_t W);
+
 // Kernels for float / double, AVX2+FMA copies when the CPU supports them.
 template <typename T>
 const PlaneFns<T>& fns();

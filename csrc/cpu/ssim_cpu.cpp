@@ -59,7 +59,7 @@ std::tuple<at::Tensor, at::Tensor> ssim_fwd_cpu(const at::Tensor& x_, const at::
     const double inv_hw = 1.0 / double(H * W);
     const double inv_o = mode > 0 ? 1.0 / double(Ho * Wo) : 0.0;
     at::parallel_for(0, P, grain_planes(H, W), [&](int64_t begin, int64_t end) {
-      std::vector<T> work(mode > 0 ? 5 * H * Wo : 0);
+      std::vector<T> work(mode > 0 ? simd::fwd_work_elems(H, W) : 0);
       for (int64_t p = begin; p < end; ++p) {
         const T* xq = xp + p * H * W;
         const T* yq = yp + p * H * W;
@@ -104,7 +104,7 @@ at::Tensor ssim_bwd_cpu(const at::Tensor& grad_stats, const at::Tensor& x_, cons
     const double inv_hw = 1.0 / double(H * W);
     const double inv_o = mode > 0 ? 1.0 / double(Ho * Wo) : 0.0;
     at::parallel_for(0, P, grain_planes(H, W), [&](int64_t begin, int64_t end) {
-      std::vector<T> work(mode > 0 ? 3 * H * Wo + 3 * (Wo + 2 * kHalo) : 0);
+      std::vector<T> work(mode > 0 ? simd::bwd_work_elems(H, W) : 0);
       for (int64_t p = begin; p < end; ++p) {
         const T a = static_cast<T>(2.0 * double(gp[p * 3 + 0]) * inv_hw);
         const T b = static_cast<T>(double(gp[p * 3 + 1]) * inv_hw);
