@@ -12,6 +12,7 @@ CUDA -> cuda, else triton, else reference. An explicitly requested backend that 
 tensor's device falls back the same way as ``auto`` (one warning per backend and device type,
 never an exception). The choice is resolved eagerly (at import / ``set_backend``) and cached, so
 the per-call lookup is a dict read that ``torch.compile`` traces without graph breaks.
+The initial setting comes from the environment variable HNERV_FAST_OPS_BACKEND (default "auto").
 """
 from __future__ import annotations
 
