@@ -44,6 +44,10 @@ class EngineConfig:
     stop_after: Optional[int] = None  # end this invocation after that epoch (schedule still spans `epochs`); resume later
     log_every_steps: int = 1
     progress: bool = True
+    # optimizer step = grad_accum_steps micro-batches of batch_size per process (torchrun: x world_size);
+    # losses are divided by it, metrics averaged over the micro-batches, lr/steps/grad norms per optimizer step
+    grad_accum_steps: int = 1
+    dist_timeout_s: int = 1800  # torchrun: a collective waiting longer than this fails the job (dead/stuck rank)
 
 
 COMPILE_MODES = ("auto", "none", "default", "max-autotune", "reduce-overhead")
@@ -227,6 +231,8 @@ def validate_engine(train: EngineConfig, prefix: str = "train") -> None:
     _check(train.compile in COMPILE_MODES, f"{prefix}.compile", f"{train.compile!r} not in {COMPILE_MODES}")
     _check(train.amp in AMP_MODES, f"{prefix}.amp", f"{train.amp!r} not in {AMP_MODES}")
     _check(train.log_every_steps >= 1, f"{prefix}.log_every_steps", "must be >= 1")
+    _check(train.grad_accum_steps >= 1, f"{prefix}.grad_accum_steps", f"must be >= 1, got {train.grad_accum_steps}")
+    _check(train.dist_timeout_s >= 1, f"{prefix}.dist_timeout_s", f"must be >= 1, got {train.dist_timeout_s}")
     _check(train.stop_after is None or 1 <= train.stop_after <= train.epochs, f"{prefix}.stop_after",
            f"must be between 1 and {prefix}.epochs ({train.epochs})")
     _check(

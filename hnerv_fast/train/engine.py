@@ -3,6 +3,18 @@
 The engine never names a model; it talks to a `Task`. Hot-loop rules (ARCHITECTURE.md): no `.item()`
 or host copies in the step; metrics are one device vector per step, summed on device per epoch and
 handed to the async logger as tensors; the learning rate is a tensor, so schedule changes don't recompile.
+
+Data parallel (torchrun, see train/distributed.py): the engine wraps `task.model` in DDP and hands the
+wrapper to the task as `task.ddp_model` (so `task.train_model` is what the step's forward calls);
+`epoch_batches` gives each rank its shard of every global batch; per-epoch metric sums are averaged over
+ranks before `end_epoch`; only rank 0 shows progress and writes checkpoints.
+
+Gradient accumulation (`train.grad_accum_steps = k`): one optimizer step = k micro-batches of
+`train.batch_size` per rank (DDP's all-reduce only after the last one, via `no_sync`), each loss divided
+by k. The step's metrics are the mean over its micro-batches; lr, `global_step`, logged steps and
+gradient norms (measured once, on the accumulated and all-reduced gradients) count optimizer steps.
+So world_size x k x batch_size samples make one step, like one process with that batch size (same samples;
+the cascade draws its diffusion noise per micro-batch, so with k > 1 it matches in distribution only).
 """
 from __future__ import annotations
 
@@ -17,17 +29,25 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from hnerv_fast.config import EngineConfig
+from hnerv_fast.config import ConfigError, EngineConfig
 from hnerv_fast.ops import grouped_grad_norms
 from hnerv_fast.train import checkpoint as ckpt
+from hnerv_fast.train import distributed
 
 
 def pick_device(name: str) -> torch.device:
+    """Under torchrun, `auto` / `cuda` mean this rank's GPU (cuda:LOCAL_RANK)."""
+    several = distributed.world_size() > 1
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"train.device={name} but no CUDA device is available (use train.device=auto or cpu)")
+    if several and device.type == "cuda":
+        if device.index is not None:
+            raise ConfigError(f"train.device={name} would put every torchrun rank on the same GPU; use "
+                              f"train.device=auto or cuda (rank i uses cuda:LOCAL_RANK)")
+        return distributed.cuda_device_for_rank(name)
     return device
 
 
@@ -47,29 +67,70 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 @dataclass
 class Batch:
-    """Sample ids of one step and their loss weights (1, or 0 for padding in the last batch)."""
+    """Sample ids of one micro-batch (this rank's shard) and their loss weights (1, or 0 for padding).
+
+    A weighted mean is `sum(weight * x) / denom`: `denom` is the weight sum of the whole optimizer step
+    divided by its micro-batches (world_size x grad_accum_steps), so averaging over ranks (DDP) and
+    micro-steps gives the weighted mean over the step's samples. In one process without accumulation
+    it is `weight.sum()`. Rows `offset:offset+len(ids)` of the `global_size` rows that all ranks' shards
+    of this micro-batch make, for per-sample noise drawn for the global batch."""
 
     ids: torch.Tensor
     weight: torch.Tensor
+    denom: torch.Tensor | None = None
+    offset: int = 0
+    global_size: int = 0
+
+    def __post_init__(self):
+        if self.denom is None:
+            self.denom = self.weight.sum()
+        if not self.global_size:
+            self.global_size = self.offset + self.ids.shape[0]
 
 
 def epoch_batches(
-    num_samples: int, batch_size: int, epoch: int, seed: int, drop_last: bool, device: torch.device
+    num_samples: int, batch_size: int, epoch: int, seed: int, drop_last: bool, device: torch.device,
+    grad_accum_steps: int = 1, rank: int | None = None, world_size: int | None = None,
 ) -> list[Batch]:
-    """Shuffled fixed-size batches. The order depends only on (seed, epoch), so a resumed run sees the
-    same batches as an uninterrupted one. Shapes are static: the last partial batch is dropped, or
-    padded (repeating ids) with zero weights."""
+    """This rank's micro-batches of one epoch, `grad_accum_steps` per optimizer step.
+
+    The epoch order depends only on (seed, epoch), so a resumed run sees the same batches as an
+    uninterrupted one and all ranks agree on it. It is cut into optimizer steps of
+    world_size x grad_accum_steps x batch_size samples (one process with that batch size sees the same
+    steps); each step into grad_accum_steps micro-batches, each micro-batch into world_size contiguous
+    shards. Shapes are static: the last partial step is dropped, or padded (repeating ids) with zero
+    weights. rank / world_size default to the current process group (0 / 1 without one)."""
+    rank = distributed.rank() if rank is None else rank
+    world = distributed.world_size() if world_size is None else world_size
+    parts = world * grad_accum_steps  # micro-batch shards per optimizer step
+    batch_size = min(batch_size, num_samples // parts)
+    if batch_size < 1:
+        raise ConfigError(f"train.batch_size: {num_samples} training samples cannot fill one step of {parts} "
+                          f"micro-batches (world_size {world} x train.grad_accum_steps {grad_accum_steps})")
+    step_size = batch_size * parts
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(num_samples, generator=generator)
-    batch_size = min(batch_size, num_samples)
-    full, rest = divmod(num_samples, batch_size)
-    weight = torch.ones(batch_size, device=device)
-    batches = [Batch(chunk.to(device), weight) for chunk in order[: full * batch_size].split(batch_size)]
+    full, rest = divmod(num_samples, step_size)
+    ones = torch.ones(step_size)
+    steps = [(chunk, ones) for chunk in order[: full * step_size].split(step_size)]
     if rest and not drop_last:
-        pad = order[: batch_size - rest]
-        ids = torch.cat([order[full * batch_size:], pad]).to(device)
-        mask = torch.cat([torch.ones(rest), torch.zeros(batch_size - rest)]).to(device)
-        batches.append(Batch(ids, mask))
+        pad = order[: step_size - rest]
+        steps.append((torch.cat([order[full * step_size:], pad]),
+                      torch.cat([torch.ones(rest), torch.zeros(step_size - rest)])))
+    if parts == 1:  # one process, no accumulation: denom = weight.sum()
+        weight = ones.to(device)
+        denom = weight.sum()
+        return [Batch(ids.to(device), weight, denom) if w is ones else Batch(ids.to(device), w.to(device))
+                for ids, w in steps]
+    micro_size = world * batch_size
+    batches = []
+    for ids, w in steps:
+        denom = (w.sum() / parts).to(device)
+        for m in range(grad_accum_steps):
+            rows = slice(m * micro_size, (m + 1) * micro_size)
+            batches.append(Batch(distributed.shard_rows(ids[rows], rank, world).to(device),
+                                 distributed.shard_rows(w[rows], rank, world).to(device),
+                                 denom, offset=rank * batch_size, global_size=micro_size))
     return batches
 
 
@@ -78,10 +139,18 @@ class Task(ABC):
 
     model: nn.Module
     metric_names: tuple[str, ...]  # order of the vector returned by forward_loss
+    ddp_model: nn.Module | None = None  # set by the Engine under torchrun: `model` in DDP
+
+    @property
+    def train_model(self) -> nn.Module:
+        """The module `forward_loss` must call: the DDP wrapper under torchrun (its backward hooks
+        average the gradients over ranks), else `model`. Eval, logging and checkpoints use `model`."""
+        return self.model if self.ddp_model is None else self.ddp_model
 
     @abstractmethod
     def train_batches(self, epoch: int) -> list[Any]:
-        """The batches of one epoch (static shapes)."""
+        """This rank's micro-batches of one epoch (static shapes), `grad_accum_steps` per optimizer
+        step and the same count on every rank (see `epoch_batches`)."""
 
     @abstractmethod
     def forward_loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +176,8 @@ class Task(ABC):
 
     @abstractmethod
     def end_epoch(self, epoch: int, sums: torch.Tensor, steps: int, lr: float, seconds: float) -> float | None:
-        """Log epoch means (sums = [metrics..., group norms...] summed over steps); run eval when due.
+        """Log epoch means (sums = [metrics..., group norms...] summed over optimizer steps and averaged
+        over ranks); run eval when due. Called on every rank (only rank 0's writer writes).
         Returns the epoch's score for "best" tracking (higher is better) or None when not evaluated."""
 
     @abstractmethod
@@ -140,6 +210,9 @@ class Engine:
         self.global_step = 0
         self.best_score = -math.inf
         self.compile_mode = resolve_compile_mode(cfg.compile, device)
+        # DDP wraps the model before the forward is compiled (torch's recommended order).
+        self.ddp = distributed.wrap_model(task.model, device)
+        task.ddp_model = self.ddp
         # Forward + loss is compiled (its backward graph too, via AOTAutograd). The update is left eager:
         # it is already two fused launches (grouped grad norms, fused Adam), and torch.compile does not
         # trace into fused optimizers.
@@ -149,8 +222,11 @@ class Engine:
     def _compiled(self, fn):
         if self.compile_mode == "none":
             return fn
-        # fullgraph: a graph break in the step is a bug to fix, not a silent slowdown
-        return torch.compile(fn, fullgraph=True, mode=None if self.compile_mode == "default" else self.compile_mode)
+        # fullgraph: a graph break in the step is a bug to fix, not a silent slowdown. Not under DDP: dynamo
+        # runs DDP's forward eagerly (a deliberate break) and compiles the wrapped module's forward with
+        # its DDPOptimizer, split at the gradient buckets so all-reduce overlaps backward.
+        return torch.compile(fn, fullgraph=self.ddp is None,
+                             mode=None if self.compile_mode == "default" else self.compile_mode)
 
     def _autocast(self):
         if self.cfg.amp == "none" or self.device.type != "cuda":
@@ -162,17 +238,33 @@ class Engine:
         with self._autocast():
             return self.task.forward_loss(batch)
 
-    def train_step(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """forward + loss, backward, grouped grad norms (+ fused clip), optimizer step; no host sync."""
+    def train_step(self, *micro_batches) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward + loss, backward (per micro-batch: gradient accumulation), grouped grad norms
+        (+ fused clip), optimizer step; no host sync. Returns (step metrics, [total, *group] norms)."""
         self.optimizer.zero_grad(set_to_none=False)
-        loss, metrics = self._forward(batch)
-        self.scaler.scale(loss).backward()  # scale() is the identity when the scaler is disabled
+        k = len(micro_batches)
+        metrics = None
+        for j, batch in enumerate(micro_batches):
+            with self._grad_sync(last=j == k - 1):
+                loss, micro = self._forward(batch)
+                if k > 1:
+                    loss = loss / k
+                self.scaler.scale(loss).backward()  # scale() is the identity when the scaler is disabled
+            metrics = micro if metrics is None else metrics + micro
+        if k > 1:
+            metrics = metrics / k
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
         norms = self._norms_and_clip()
         self.scaler.step(self.optimizer)  # plain optimizer.step() when disabled
         self.scaler.update()
         return metrics.detach(), norms
+
+    def _grad_sync(self, last: bool):
+        """DDP all-reduces gradients in the backward of the last micro-batch only."""
+        if self.ddp is None or last:
+            return contextlib.nullcontext()
+        return self.ddp.no_sync()
 
     def _norms_and_clip(self) -> torch.Tensor:
         """[total, *group norms] of the (unscaled) gradients; clips them in place when grad_clip is set."""
@@ -192,13 +284,14 @@ class Engine:
         task.model.train()
         task.begin_epoch(epoch)
         batches = task.train_batches(epoch)
-        steps = len(batches)
+        k = self.cfg.grad_accum_steps
+        steps = len(batches) // k
         sums = None
         started = time.perf_counter()
         bar = self._progress(epoch, epochs, steps)
-        for i, batch in enumerate(batches):
+        for i in range(steps):
             self.lr.fill_(self.cfg.lr * task.lr_multiplier((epoch - 1 + i / steps) / epochs))
-            metrics, norms = self.train_step(batch)
+            metrics, norms = self.train_step(*batches[i * k:(i + 1) * k])
             self.global_step += 1
             step_vec = torch.cat([metrics.float(), norms.float()])
             sums = step_vec.clone() if sums is None else sums.add_(step_vec)
@@ -208,6 +301,7 @@ class Engine:
                 bar.set_postfix(task.progress_postfix(), refresh=False)
         if bar is not None:
             bar.close()
+        distributed.all_reduce_mean_(sums)  # epoch means over all ranks' samples (norms are global already)
         seconds = time.perf_counter() - started
         lr = self.cfg.lr * task.lr_multiplier((epoch - 1 + (steps - 1) / steps) / epochs)
         score = task.end_epoch(epoch, sums, steps, lr, seconds)
@@ -217,7 +311,7 @@ class Engine:
         self.save(task.checkpoint_names(epoch, improved, epoch == epochs), epoch)
 
     def _progress(self, epoch: int, epochs: int, steps: int):
-        if not self.cfg.progress:
+        if not self.cfg.progress or not distributed.is_main():
             return None
         from tqdm import tqdm
 
@@ -237,7 +331,8 @@ class Engine:
         }
 
     def save(self, names: list[str], epoch: int) -> None:
-        if not names:
+        """Rank 0 writes (all ranks hold the same weights); every rank loads on resume."""
+        if not names or not distributed.is_main():
             return
         state = self.state(epoch)
         for name in names:

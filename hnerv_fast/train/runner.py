@@ -1,4 +1,7 @@
-"""Builds a run from a config: device, seeds, ops backend, logger, task, engine; reports bad input cleanly."""
+"""Builds a run from a config: device, seeds, ops backend, logger, task, engine; reports bad input cleanly.
+
+Under torchrun (WORLD_SIZE > 1) the run happens inside a process group (train/distributed.py); bad
+input is reported by rank 0 only (every rank exits with code 2)."""
 from __future__ import annotations
 
 import importlib
@@ -7,6 +10,7 @@ from pathlib import Path
 
 from hnerv_fast.config import ConfigError, load_config, to_yaml
 from hnerv_fast.train import checkpoint as ckpt
+from hnerv_fast.train import distributed
 
 # task name -> "module:function" taking (cfg, resume) and returning the run folder
 RUNNERS = {
@@ -25,17 +29,23 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def run(cfg, resume: str | None = None) -> Path:
+    from hnerv_fast.train.engine import pick_device
+
     module, function = RUNNERS[cfg.task].split(":")
-    return getattr(importlib.import_module(module), function)(cfg, resume)
+    with distributed.process_group(pick_device(cfg.train.device), cfg.train.dist_timeout_s), \
+            distributed.rank0_reports(user_errors()):
+        return getattr(importlib.import_module(module), function)(cfg, resume)
 
 
 def run_from_args(config: str, overrides: list[str], resume: str | None) -> int:
     errors = user_errors()
     try:
-        cfg = load_config(config, overrides)
-        run(cfg, resume)
+        with distributed.rank0_reports(errors):
+            cfg = load_config(config, overrides)
+            run(cfg, resume)
     except errors as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        where = "" if distributed.is_main() else f" (rank {distributed.rank()})"
+        print(f"error{where}: {exc}", file=sys.stderr)
         return 2
     return 0
 

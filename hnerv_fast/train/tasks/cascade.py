@@ -26,8 +26,9 @@ from hnerv_fast.config import CascadeConfig, ConfigError, parse_schedule, to_dic
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
 from hnerv_fast.logging.layouts import CascadeTags as T
 from hnerv_fast.models.cascade import CascadeStage, StageConfig, diffusion_and_physics_loss, sample_stage
-from hnerv_fast.models.diffusion import CosineSchedule
+from hnerv_fast.models.diffusion import CosineSchedule, sample_timesteps
 from hnerv_fast.train import checkpoint as ckpt
+from hnerv_fast.train import distributed
 from hnerv_fast.train.engine import Batch, Task, epoch_batches
 from hnerv_fast.train.schedule import cosine_multiplier
 
@@ -272,7 +273,7 @@ class CascadeStageTask(Task):
     def train_batches(self, epoch: int) -> list[Batch]:
         e = self.engine_cfg
         return epoch_batches(len(self.data.train_rows), e.batch_size, epoch, _seed(e.seed, self.stage_index),
-                             e.drop_last, self.data.device)
+                             e.drop_last, self.data.device, e.grad_accum_steps)
 
     def _inputs(self, rows: torch.Tensor):
         d, dev = self.data, self.device
@@ -283,11 +284,16 @@ class CascadeStageTask(Task):
 
     def forward_loss(self, batch: Batch):
         # Padding rows of a partial last batch (drop_last=false) count like the others: the stage loss is a
-        # batch mean. t and noise come from the global RNG (saved in checkpoints: resume is exact).
+        # batch mean. t and noise come from the global RNG (saved in checkpoints: resume is exact), drawn
+        # for the global batch of all ranks and sliced: ranks never share noise, and N ranks x B rows draw
+        # what one process with N*B rows draws (in one process this is the loss function's own draw).
         x0, xrays, prev = self._inputs(self.data.train_rows[batch.ids])
+        rows = slice(batch.offset, batch.offset + x0.shape[0])
+        t = sample_timesteps(batch.global_size, self.schedule, device=x0.device)[rows]
+        noise = torch.randn((batch.global_size, *x0.shape[1:]), device=x0.device, dtype=x0.dtype)[rows]
         total, diffusion, physics = diffusion_and_physics_loss(
-            self.model, self.schedule, x0, xrays, self.views, prev, self.physics_weight,
-            physics_at=self.cfg.diffusion.physics_at)
+            self.train_model, self.schedule, x0, xrays, self.views, prev, self.physics_weight,
+            t=t, noise=noise, physics_at=self.cfg.diffusion.physics_at)
         return total, torch.stack([total.detach(), diffusion.detach(), physics.detach()])
 
     def on_step(self, epoch: int, global_step: int, metrics: torch.Tensor, norms: torch.Tensor) -> None:
@@ -308,7 +314,8 @@ class CascadeStageTask(Task):
                   tag("epoch_time"): seconds, tag("learning_rate"): lr}
         epochs = self.engine_cfg.epochs
         self.writer.add_scalars(epoch, values, callback=lambda v: _print_epoch(self.name, epoch, epochs, v))
-        if self.cfg.train.val_samples > 0 and (epoch % self.cfg.train.sample_every == 0 or epoch == epochs):
+        sample_due = epoch % self.cfg.train.sample_every == 0 or epoch == epochs
+        if self.cfg.train.val_samples > 0 and sample_due and distributed.is_main():  # images: rank 0 only
             self.log_samples(epoch)
         # one host read per epoch (outside the hot loop) decides which checkpoint is best
         self.val_loss = float(val[0])

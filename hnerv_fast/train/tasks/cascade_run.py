@@ -8,6 +8,8 @@ Outputs (``output.checkpoint_dir``): ``{stage}_best.pt`` (lowest val loss), ``{s
 (every ``train.save_every`` epochs, and at ``train.stop_after``), ``{stage}_final.pt``; TensorBoard
 logs in ``tensorboard/<run_name>/`` (run_name: ``output.run_name``, else ``cascade-<timestamp>``;
 a resumed run keeps the checkpoint's run name, so its curves continue in the same folder).
+Under torchrun every rank trains (and evaluates) each stage; rank 0 alone prints, logs (TensorBoard,
+W&B) and writes checkpoints; all ranks read the resume checkpoint and earlier stages' weights.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from hnerv_fast.logging.layouts import CascadeTags as T
 from hnerv_fast.logging.layouts import cascade_layout
 from hnerv_fast.ops import set_backend
 from hnerv_fast.train import checkpoint as ckpt
+from hnerv_fast.train import distributed
 from hnerv_fast.train.engine import Engine, pick_device, seed_everything
 from hnerv_fast.train.runner import write_config
 from hnerv_fast.train.tasks.cascade import CascadeStageTask, Conditioning, load_cascade_data, stage_config
@@ -50,8 +53,8 @@ def run(cfg: CascadeConfig, resume: str | None = None) -> Path:
         plan = plan[plan.index(stage):]
         if cfg.output.run_name is None:
             cfg = _with_run_name(cfg, state.get("config", {}).get("output", {}).get("run_name"))
-    if cfg.output.run_name is None:
-        cfg = _with_run_name(cfg, time.strftime("cascade-%Y%m%d-%H%M%S"))
+    if cfg.output.run_name is None:  # rank 0's clock names the run on every rank
+        cfg = _with_run_name(cfg, distributed.broadcast_object(time.strftime("cascade-%Y%m%d-%H%M%S")))
 
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     data = load_cascade_data(cfg, device)  # bad data fails here, before anything is written
@@ -73,12 +76,16 @@ def run(cfg: CascadeConfig, resume: str | None = None) -> Path:
                                        f"the checkpoint?): {str(exc).splitlines()[0]}") from exc
 
     logdir = out / "tensorboard" / cfg.output.run_name
-    write_config(cfg, logdir)
-    mirrors = wandb_mirrors(cfg, logdir)
-    print(f"cascade {order}: training {plan} on {device} ({len(data.train_rows)} train / "
-          f"{len(data.val_rows)} val cases, conditioning={cfg.train.conditioning})")
+    main = distributed.is_main()
+    say = print if main else (lambda *args, **kwargs: None)
+    if main:
+        write_config(cfg, logdir)
+    mirrors = wandb_mirrors(cfg, logdir) if main else []
+    say(f"cascade {order}: training {plan} on {device} ({len(data.train_rows)} train / "
+        f"{len(data.val_rows)} val cases, conditioning={cfg.train.conditioning}"
+        + (f", {distributed.world_size()} processes" if distributed.enabled() else "") + ")")
     try:
-        with AsyncSummaryWriter(str(logdir), mirrors=mirrors) as writer:
+        with AsyncSummaryWriter(str(logdir), mirrors=mirrors) if main else distributed.NullWriter() as writer:
             writer.add_custom_scalars(cascade_layout(cfg.stages_to_train()))
             for i, name in enumerate(plan):
                 task, engine = first if i == 0 else build(name)
@@ -88,13 +95,13 @@ def run(cfg: CascadeConfig, resume: str | None = None) -> Path:
                 stop = engine.cfg.stop_after
                 if stop is not None:
                     last = f"{name}_epoch_{stop}.pt" if stop < engine.cfg.epochs else f"{name}_final.pt"
-                    print(f"stopped after epoch {stop} of {name} (train.stop_after); continue with "
-                          f"--resume {out / last}")
+                    say(f"stopped after epoch {stop} of {name} (train.stop_after); continue with "
+                        f"--resume {out / last}")
                     break
     finally:
         for mirror in mirrors:
             mirror.close()
-    print(f"done: checkpoints in {out}\nTensorBoard logs: {logdir}\n  view with: tensorboard --logdir {out / 'tensorboard'}")
+    say(f"done: checkpoints in {out}\nTensorBoard logs: {logdir}\n  view with: tensorboard --logdir {out / 'tensorboard'}")
     return out
 
 

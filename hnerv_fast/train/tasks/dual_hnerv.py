@@ -16,6 +16,7 @@ from hnerv_fast.logging.async_writer import AsyncSummaryWriter
 from hnerv_fast.logging.layouts import DualTags as T
 from hnerv_fast.models.hnerv_dual import DualHNeRV, DualHNeRVSpec
 from hnerv_fast.ops import patch_psnr, pixel_loss
+from hnerv_fast.train import distributed
 from hnerv_fast.train.engine import Batch, Task, epoch_batches
 from hnerv_fast.train.schedule import cosine_multiplier
 
@@ -94,7 +95,8 @@ class DualHNeRVTask(Task):
 
     def train_batches(self, epoch: int) -> list[Batch]:
         t = self.cfg.train
-        return epoch_batches(len(self.split_ids["train"]), t.batch_size, epoch, t.seed, t.drop_last, self.device)
+        return epoch_batches(len(self.split_ids["train"]), t.batch_size, epoch, t.seed, t.drop_last, self.device,
+                             t.grad_accum_steps)
 
     def begin_epoch(self, epoch: int) -> None:
         # Warmup epochs 1..N train pixels only; the flag is a tensor so flipping it does not recompile.
@@ -103,8 +105,8 @@ class DualHNeRVTask(Task):
     def forward_loss(self, batch: Batch):
         ids = self.split_ids["train"][batch.ids]
         target = self.patches[ids].float() / 255.0
-        rgb, embedding = self.model(self.coords[ids])
-        weight = batch.weight / batch.weight.sum()
+        rgb, embedding = self.train_model(self.coords[ids])  # the DDP wrapper under torchrun
+        weight = batch.weight / batch.denom  # sums to 1 over the optimizer step (all ranks, micro-batches)
         pixel = (pixel_loss(rgb, target, self.cfg.loss.pixel) * weight).sum()
         cosine = (embedding * self.clip_targets[ids]).sum(dim=-1)
         clip = ((1.0 - cosine) * weight).sum() * self.clip_active
@@ -244,6 +246,8 @@ def _safe_ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 
 
 def _write_line(text: str) -> None:
+    if not distributed.is_main():  # every rank evaluates; rank 0 reports
+        return
     from tqdm import tqdm
 
     tqdm.write(text)

@@ -8,6 +8,7 @@ from hnerv_fast.logging.async_writer import AsyncSummaryWriter
 from hnerv_fast.logging.layouts import dual_layout
 from hnerv_fast.ops import set_backend
 from hnerv_fast.train import checkpoint as ckpt
+from hnerv_fast.train import distributed
 from hnerv_fast.train.engine import Engine, pick_device, seed_everything
 from hnerv_fast.train.runner import write_config
 from hnerv_fast.train.tasks.dual_hnerv import DualHNeRVTask, run_dir
@@ -26,10 +27,13 @@ def run(cfg: DualHNeRVConfig, resume: str | None = None) -> Path:
     if state is not None:
         engine.resume(state)
     logdir = out / "tensorboard"
-    write_config(cfg, out)
-    with AsyncSummaryWriter(str(logdir)) as writer:
+    main = distributed.is_main()  # under torchrun only rank 0 writes config, logs and checkpoints
+    if main:
+        write_config(cfg, out)
+    with AsyncSummaryWriter(str(logdir)) if main else distributed.NullWriter() as writer:
         task.writer = writer
         writer.add_custom_scalars(dual_layout())
         engine.fit()
-    print(f"done: checkpoints in {out}\nTensorBoard logs: {logdir}\n  view with: tensorboard --logdir {logdir}")
+    if main:
+        print(f"done: checkpoints in {out}\nTensorBoard logs: {logdir}\n  view with: tensorboard --logdir {logdir}")
     return out
