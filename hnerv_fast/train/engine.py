@@ -195,6 +195,9 @@ class Task(ABC):
         """Host values for the progress bar (from the async logger; never a device sync)."""
         return {}
 
+    def compile_eval(self, compiler) -> None:
+        """Receives the engine's compiler (`compiler(fn) -> fn`) for the task's eval functions."""
+
 
 class Engine:
     def __init__(self, task: Task, cfg: EngineConfig, device: torch.device, checkpoint_dir: str | Path):
@@ -217,6 +220,13 @@ class Engine:
         # it is already two fused launches (grouped grad norms, fused Adam), and torch.compile does not
         # trace into fused optimizers.
         self._forward = self._compiled(self._forward_eager)
+        task.compile_eval(self.compile_eval)
+
+    def compile_eval(self, fn):
+        """Compile a task's no-grad eval function like the step (same mode, one graph, static shapes)."""
+        if self.compile_mode == "none":
+            return fn
+        return torch.compile(fn, fullgraph=True, mode=None if self.compile_mode == "default" else self.compile_mode)
 
     # ------------------------------------------------------------------------------ the step
     def _compiled(self, fn):

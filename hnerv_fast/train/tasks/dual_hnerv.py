@@ -82,6 +82,7 @@ class DualHNeRVTask(Task):
         self.clip_active = torch.zeros((), device=device)
         self.schedule = parse_schedule(cfg.train.lr_schedule)
         self.health = HealthMonitor(cfg.health)
+        self._eval_batch = self._eval_batch_eager  # the engine swaps in its compiled version
 
     # ------------------------------------------------------------------------------ training
     def make_optimizer(self, lr: torch.Tensor) -> torch.optim.Optimizer:
@@ -159,18 +160,29 @@ class DualHNeRVTask(Task):
 
     # ------------------------------------------------------------------------------- eval
     @torch.no_grad()
+    def compile_eval(self, compiler) -> None:
+        self._eval_batch = compiler(self._eval_batch_eager)
+
+    def _eval_batch_eager(self, ids: torch.Tensor):
+        rgb, embedding = self.model(self.coords[ids])
+        target = self.patches[ids].float() / 255.0
+        sim = F.cosine_similarity(embedding, self.clip_targets[ids], dim=-1)
+        return patch_psnr(rgb, target), sim, rgb.clamp(0, 1)
+
+    @torch.no_grad()
     def predict(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-patch (psnr, clip similarity) and the RGB prediction for sample ids, in eval batches."""
+        """Per-patch (psnr, clip similarity) and the RGB prediction for sample ids, in eval batches of one
+        fixed size (the last one padded with repeated ids), so a compiled eval sees one static shape."""
         self.model.eval()
-        psnrs, sims, rgbs = [], [], []
-        for chunk in ids.split(max(self.cfg.train.batch_size, 64)):
-            rgb, embedding = self.model(self.coords[chunk])
-            target = self.patches[chunk].float() / 255.0
-            psnrs.append(patch_psnr(rgb, target))
-            sims.append(F.cosine_similarity(embedding, self.clip_targets[chunk], dim=-1))
-            rgbs.append(rgb.clamp(0, 1))
+        size = max(self.cfg.train.batch_size, 64)
+        outputs = []
+        for chunk in ids.split(size):
+            n = len(chunk)
+            padded = torch.cat([chunk, chunk[:1].expand(size - n)]) if n < size else chunk
+            outputs.append([t[:n] for t in self._eval_batch(padded)])
         self.model.train()
-        return torch.cat(psnrs), torch.cat(sims), torch.cat(rgbs)
+        psnr, sim, rgb = (torch.cat(parts) for parts in zip(*outputs))
+        return psnr, sim, rgb
 
     def evaluate(self, epoch: int) -> float:
         count = self.grid.count
