@@ -25,6 +25,9 @@ from hnerv_fast.train.engine import Engine, seed_everything
 from hnerv_fast.train.tasks.dual_hnerv import DualHNeRVTask
 
 CONFIG = os.environ.get("BENCH_CONFIG", "configs/dual_hnerv_tiny.yaml")
+# e.g. BENCH_OVERRIDES="data.height=160 data.width=640 model.fc_hw=[5,10] model.dec_strds=[2,2,2,2]"
+# for 80x160 patches (the HNeRV-scale patch shape of benchmarks/RESULTS.md)
+OVERRIDES = os.environ.get("BENCH_OVERRIDES", "").split()
 STEPS = 9  # one tiny-config epoch
 
 
@@ -32,7 +35,7 @@ STEPS = 9  # one tiny-config epoch
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench_step")
     cfg = load_config(CONFIG, [f"clip.cache_dir={tmp}/clip", "train.progress=false",
-                               "loss.pixel_loss_warmup_epochs=0"])  # CLIP loss on: the full step
+                               "loss.pixel_loss_warmup_epochs=0", *OVERRIDES])  # CLIP loss on: the full step
     seed_everything(cfg.train.seed, deterministic=False)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return cfg, device, tmp
