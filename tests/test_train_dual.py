@@ -221,3 +221,16 @@ def test_missing_resume_checkpoint(tmp_path, clip_cache, capsys):
 def test_run_dir_layout(tmp_path, clip_cache):
     cfg = load_config(TINY, overrides(tmp_path, clip_cache))
     assert run_dir(cfg).relative_to(tmp_path / "out").parts[0] == "tiny"
+
+
+def test_tiny_run_is_healthy_where_it_should_be(tiny_run):
+    """The tiny run generalises (no overfitting) and its gradients are sane; the warnings it does have are
+    also logged as TensorBoard text."""
+    from hnerv_fast.health import check_logdir
+
+    _, out, acc = tiny_run
+    (report,) = check_logdir(out / "tensorboard")
+    tags = {w.tag for w in report.warnings}
+    assert not tags & {"Eval/Gap/psnr_gap", T.GRAD_TOTAL, T.TOTAL_LOSS}, report.warnings
+    if report.warnings:
+        assert "Health/warnings/text_summary" in acc.Tags()["tensors"]
