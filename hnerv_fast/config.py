@@ -399,6 +399,7 @@ class CascadeConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     ops: OpsConfig = field(default_factory=OpsConfig)
     output: CascadeOutputConfig = field(default_factory=CascadeOutputConfig)
+    health: HealthThresholds = field(default_factory=HealthThresholds)  # warnings printed + logged as text
 
     # ------------------------------------------------------------------ derived (not config keys)
     def cascade_order(self) -> List[str]:

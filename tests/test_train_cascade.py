@@ -292,3 +292,14 @@ def test_wandb_mirror_axes():
     assert fake.logged[0]["stage_16/global_step"] == 50 and fake.logged[1]["stage_16/epoch"] == 2
     mirror.close()
     assert fake.finished
+
+
+def test_health_warnings_are_printed_once_and_logged(tmp_path, capsys):
+    # a factor just above 1 makes the diffusion-vs-physics balance rule fire on the first epoch
+    out = tmp_path / "out"
+    cfg = load_config(TINY, overrides(out, *MICRO, "train.stages=[stage_16]", "output.run_name=h",
+                                      "health.diffusion_physics_factor=1.0001"))
+    run(cfg)
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[health]")]
+    assert len(printed) == 1 and "stage_16/train_diffusion" in printed[0], printed
+    assert "Health/warnings/text_summary" in load_events(out / "tensorboard" / "h").Tags()["tensors"]

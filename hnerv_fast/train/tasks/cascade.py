@@ -30,6 +30,7 @@ from hnerv_fast.models.diffusion import CosineSchedule, sample_timesteps
 from hnerv_fast.train import checkpoint as ckpt
 from hnerv_fast.train import distributed
 from hnerv_fast.train.engine import Batch, Task, epoch_batches
+from hnerv_fast.train.health_hook import HealthReporter
 from hnerv_fast.train.schedule import cosine_multiplier
 
 # Data this small (bytes) stays on the accelerator; larger sets stay in pinned host memory and each
@@ -238,6 +239,7 @@ class CascadeStageTask(Task):
                  device: torch.device, writer: AsyncSummaryWriter | None = None):
         self.cfg, self.name, self.data, self.prev, self.device, self.writer = cfg, name, data, prev, device, writer
         self.engine_cfg = cfg.stage_engine(name)
+        self.health = HealthReporter(cfg.health)
         self.stage_index = cfg.cascade_order().index(name)
         self.stage_config = stage_config(cfg, name)
         self.size = self.stage_config.volume_size
@@ -313,7 +315,11 @@ class CascadeStageTask(Task):
                   tag("val_loss"): val[0], tag("val_diffusion"): val[1], tag("val_physics"): val[2],
                   tag("epoch_time"): seconds, tag("learning_rate"): lr}
         epochs = self.engine_cfg.epochs
-        self.writer.add_scalars(epoch, values, callback=lambda v: _print_epoch(self.name, epoch, epochs, v))
+        def report(v: dict[str, float]) -> None:  # on the writer thread, values already on the host
+            _print_epoch(self.name, epoch, epochs, v)
+            self.health(self.writer, epoch, v)
+
+        self.writer.add_scalars(epoch, values, callback=report)
         sample_due = epoch % self.cfg.train.sample_every == 0 or epoch == epochs
         if self.cfg.train.val_samples > 0 and sample_due and distributed.is_main():  # images: rank 0 only
             self.log_samples(epoch)

@@ -11,12 +11,12 @@ from hnerv_fast.config import ConfigError, DualHNeRVConfig, parse_embed, parse_s
 from hnerv_fast.data.clip_targets import clip_patch_targets
 from hnerv_fast.data.patches import PatchGrid, from_patches, patch_coords, sample_ids, split_frames, to_patches
 from hnerv_fast.data.video import load_frames
-from hnerv_fast.health_rules import HealthMonitor
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
 from hnerv_fast.logging.layouts import DualTags as T
 from hnerv_fast.models.hnerv_dual import DualHNeRV, DualHNeRVSpec
 from hnerv_fast.ops import patch_psnr, pixel_loss
 from hnerv_fast.train import distributed
+from hnerv_fast.train.health_hook import HealthReporter
 from hnerv_fast.train.engine import Batch, Task, epoch_batches
 from hnerv_fast.train.schedule import cosine_multiplier
 
@@ -81,7 +81,7 @@ class DualHNeRVTask(Task):
         self.model = DualHNeRV(spec).to(device)
         self.clip_active = torch.zeros((), device=device)
         self.schedule = parse_schedule(cfg.train.lr_schedule)
-        self.health = HealthMonitor(cfg.health)
+        self.health = HealthReporter(cfg.health)
         self._eval_batch = self._eval_batch_eager  # the engine swaps in its compiled version
 
     # ------------------------------------------------------------------------------ training
@@ -140,7 +140,7 @@ class DualHNeRVTask(Task):
         epochs = cfg.train.epochs
         def report(v: dict[str, float]) -> None:  # on the writer thread, values already on the host
             _print_epoch(epoch, epochs, seconds, v)
-            self._check_health(epoch, v)
+            self.health(self.writer, epoch, v)
 
         self.writer.add_scalars(epoch, values, callback=report)
         if epoch % cfg.train.params_every == 0:
@@ -216,7 +216,7 @@ class DualHNeRVTask(Task):
         if "val" in frame_psnr_mean:
             scalars["Eval/Gap/psnr_gap"] = frame_psnr_mean["train"] - frame_psnr_mean["val"]
             scalars["Eval/Gap/clip_sim_gap"] = train_sim - val_sim
-        self.writer.add_scalars(epoch, scalars, callback=lambda v: self._check_health(epoch, v))
+        self.writer.add_scalars(epoch, scalars, callback=lambda v: self.health(self.writer, epoch, v))
         # Eval is outside the hot loop: one host read decides which checkpoint is best.
         score = float(frame_psnr_mean.get("val", frame_psnr_mean["train"]))
         summary = " ".join(f"{s} {float(v):.2f} dB" for s, v in frame_psnr_mean.items())
@@ -232,14 +232,6 @@ class DualHNeRVTask(Task):
             pred = from_patches(rgb[k * count:(k + 1) * count], self.grid)[0]
             self.writer.add_image(f"{T.IMAGES_PREFIX}/{split}_frame{int(frames[k])}_target_vs_pred",
                                   torch.cat([target, pred], dim=1), epoch)
-
-    def _check_health(self, step: int, values: dict[str, float]) -> None:
-        """Warning signs of the monitoring guide: printed once when they first appear, logged as text."""
-        lines = self.health.update(step, values)
-        for line in lines:
-            _write_line(line)
-        if lines:
-            self.writer.add_text("Health/warnings", "\n".join(f"- {line}" for line in lines), step)
 
     # ------------------------------------------------------------------------- checkpoints
     def checkpoint_names(self, epoch: int, improved: bool, last: bool) -> list[str]:
