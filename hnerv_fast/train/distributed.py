@@ -84,6 +84,9 @@ def process_group(device: torch.device, timeout_s: float) -> Iterator[None]:
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
     try:
         yield
+        # Leave together: gloo aborts ("terminate called without an active exception") a rank whose peer
+        # tears its connections down first. Skipped on an exception, where peers must fail, not wait.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
