@@ -219,24 +219,18 @@ class Engine:
         # Forward + loss is compiled (its backward graph too, via AOTAutograd). The update is left eager:
         # it is already two fused launches (grouped grad norms, fused Adam), and torch.compile does not
         # trace into fused optimizers.
-        self._forward = self._compiled(self._forward_eager)
-        task.compile_eval(self.compile_eval)
-
-    def compile_eval(self, fn):
-        """Compile a task's no-grad eval function like the step (same mode, one graph, static shapes)."""
-        if self.compile_mode == "none":
-            return fn
-        return torch.compile(fn, fullgraph=True, mode=None if self.compile_mode == "default" else self.compile_mode)
-
-    # ------------------------------------------------------------------------------ the step
-    def _compiled(self, fn):
-        if self.compile_mode == "none":
-            return fn
         # fullgraph: a graph break in the step is a bug to fix, not a silent slowdown. Not under DDP: dynamo
         # runs DDP's forward eagerly (a deliberate break) and compiles the wrapped module's forward with
         # its DDPOptimizer, split at the gradient buckets so all-reduce overlaps backward.
-        return torch.compile(fn, fullgraph=self.ddp is None,
-                             mode=None if self.compile_mode == "default" else self.compile_mode)
+        self._forward = self._compiled(self._forward_eager, fullgraph=self.ddp is None)
+        # Eval functions use the unwrapped model: always one graph, same mode as the step.
+        task.compile_eval(lambda fn: self._compiled(fn, fullgraph=True))
+
+    # ------------------------------------------------------------------------------ the step
+    def _compiled(self, fn, fullgraph: bool):
+        if self.compile_mode == "none":
+            return fn
+        return torch.compile(fn, fullgraph=fullgraph, mode=None if self.compile_mode == "default" else self.compile_mode)
 
     def _autocast(self):
         if self.cfg.amp == "none" or self.device.type != "cuda":

@@ -1,6 +1,7 @@
 """Dual-head patch HNeRV task: data on device, forward + loss, tags of tensorboard_dual_hnerv.md."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -34,20 +35,21 @@ def run_dir(cfg: DualHNeRVConfig) -> Path:
     return Path(cfg.output.output_dir) / cfg.output.exp_id / param_str(cfg)
 
 
-def build_spec(cfg: DualHNeRVConfig, patch_hw: tuple[int, int], clip_dim: int) -> DualHNeRVSpec:
+def build_spec(cfg: DualHNeRVConfig, frame_hw: tuple[int, int], patch_hw: tuple[int, int]) -> DualHNeRVSpec:
+    """The model spec; ConfigError when the decoder's output is not the patch size. `clip_dim` is set
+    later from the CLIP targets (dataclasses.replace), so this check runs before the CLIP encoder does."""
     base, levels = parse_embed(cfg.model.embed)
     m = cfg.model
     spec = DualHNeRVSpec(
         pe_base=base, pe_levels=levels, fc_dim=m.fc_dim, fc_hw=tuple(m.fc_hw), dec_strds=tuple(m.dec_strds),
         ks_min=m.ks_min, ks_max=m.ks_max, reduce=m.reduce, lower_width=m.lower_width, act=m.act,
-        out_act=m.out_act, clip_dim=clip_dim,
+        out_act=m.out_act,
     )
     if spec.output_size() != tuple(patch_hw):
         raise ConfigError(
             f"model.fc_hw / model.dec_strds: decoder output {spec.output_size()} = fc_hw {list(m.fc_hw)} x "
             f"prod(dec_strds {list(m.dec_strds)}) must equal the patch size {tuple(patch_hw)} "
-            f"(frame {cfg.data.height if cfg.data.source == 'synthetic' else '?'} split into "
-            f"{cfg.data.patch_rows}x{cfg.data.patch_cols} patches)"
+            f"(frames {frame_hw[0]}x{frame_hw[1]} split into {cfg.data.patch_rows}x{cfg.data.patch_cols} patches)"
         )
     return spec
 
@@ -69,12 +71,12 @@ class DualHNeRVTask(Task):
             raise ConfigError(f"data.data_split: {d.data_split!r} leaves no training frame out of {num_frames}")
         self.split_frames = {"train": train_frames.to(device), "val": val_frames.to(device)}
         self.split_ids = {name: sample_ids(ids, self.grid).to(device) for name, ids in self.split_frames.items()}
-        build_spec(cfg, patch_hw, clip_dim=1)  # decoder/patch size mismatch fails before the CLIP encoder runs
+        spec = build_spec(cfg, (height, width), patch_hw)  # fails before the CLIP encoder runs
         targets = clip_patch_targets(
             patches_cpu, model_name=cfg.clip.model, pretrained=cfg.clip.pretrained, cache_dir=cfg.clip.cache_dir,
             device=device, batch_size=cfg.clip.batch_size, cache_key_extra=f"grid{d.patch_rows}x{d.patch_cols}",
         )
-        spec = build_spec(cfg, patch_hw, clip_dim=targets.shape[1])
+        spec = dataclasses.replace(spec, clip_dim=targets.shape[1])
         self.patches = patches_cpu.to(device)  # uint8: patches are sliced by id in the step
         self.coords = patch_coords(num_frames, height, width, self.grid).to(device)
         self.clip_targets = targets.to(device)
