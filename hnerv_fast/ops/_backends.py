@@ -55,42 +55,48 @@ def _load_cpp() -> bool:
     return _loaded["cpp"]
 
 
-def _load_cuda() -> bool:
-    if "cuda" not in _loaded:
-        ok = False
-        if not torch.cuda.is_available():
-            _load_errors["cuda"] = "no CUDA device"
-        elif not _load_cpp():
-            _load_errors["cuda"] = "hnerv_fast._C (op schemas) did not load: " + _load_errors.get("cpp", "")
-        else:
+def _load_module(backend: str, module: str, unavailable) -> bool:
+    """Import `module` once for `backend` unless `unavailable()` names a reason it cannot load; the
+    outcome (and the reason or import error) is cached."""
+    if backend not in _loaded:
+        reason = unavailable()
+        if reason is None:
             try:
-                importlib.import_module("hnerv_fast._C_cuda")
-                ok = True
+                importlib.import_module(module)
             except Exception as e:
-                _load_errors["cuda"] = f"{type(e).__name__}: {e}"
-        _loaded["cuda"] = ok
-    return _loaded["cuda"]
+                reason = f"{type(e).__name__}: {e}"
+        if reason is not None:
+            _load_errors[backend] = reason
+        _loaded[backend] = reason is None
+    return _loaded[backend]
+
+
+def _cuda_unavailable():
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    if not _load_cpp():
+        return "hnerv_fast._C (op schemas) did not load: " + _load_errors.get("cpp", "")
+    return None
+
+
+def _load_cuda() -> bool:
+    return _load_module("cuda", "hnerv_fast._C_cuda", _cuda_unavailable)
 
 
 def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def _triton_unavailable():
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    if not (torch.cuda.is_available() or triton_interpreted()):
+        return "no CUDA device (set TRITON_INTERPRET=1 to run Triton on CPU)"
+    return None
+
+
 def _load_triton() -> bool:
-    if "triton" not in _loaded:
-        ok = False
-        if importlib.util.find_spec("triton") is None:
-            _load_errors["triton"] = "triton is not installed"
-        elif not (torch.cuda.is_available() or triton_interpreted()):
-            _load_errors["triton"] = "no CUDA device (set TRITON_INTERPRET=1 to run Triton on CPU)"
-        else:
-            try:
-                importlib.import_module("hnerv_fast.ops._triton_ops")
-                ok = True
-            except Exception as e:
-                _load_errors["triton"] = f"{type(e).__name__}: {e}"
-        _loaded["triton"] = ok
-    return _loaded["triton"]
+    return _load_module("triton", "hnerv_fast.ops._triton_ops", _triton_unavailable)
 
 
 def _usable(backend: str, device_type: str) -> bool:
