@@ -11,7 +11,7 @@ BUILD_ENV := MAX_JOBS=2 TORCH_CUDA_ARCH_LIST="8.0;9.0" $(if $(CUDA_HOME_DETECTED
 EXT_SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/* csrc/cuda/*) setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: install install-cuda browser demo test bench tensorboard health clean
+.PHONY: install install-cuda browser demo test bench gpu-check tensorboard health clean
 
 $(VENV)/.torch:
 	python3 -m venv $(VENV)
@@ -48,6 +48,12 @@ test: install-cuda browser
 
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-only -p no:cacheprovider -s
+
+# Every GPU path on one CUDA device (< 8 min on an H100/H200): GPU tests, op bandwidth, train-step timings.
+# Logs and summary.txt in $(GPU_CHECK_OUT). On a machine without network: make gpu-check NO_INSTALL=1 PY=python3
+GPU_CHECK_OUT ?= output/gpu_check
+gpu-check: $(if $(NO_INSTALL),,install-cuda)
+	PY=$(PY) bash scripts/gpu_check.sh $(GPU_CHECK_OUT)
 
 tensorboard: install
 	$(PY) -m hnerv_fast.tensorboard --logdir output

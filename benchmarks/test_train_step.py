@@ -100,9 +100,11 @@ def test_seed_style_eager_loop(benchmark, setup):
     record_ratio("train step", "seed-style eager", benchmark)
 
 
-@pytest.mark.parametrize("compile_mode", ["none", "default"])
+@pytest.mark.parametrize("compile_mode", ["none", "default", "reduce-overhead"])
 def test_hnerv_fast_step(benchmark, setup, compile_mode):
     cfg, device, tmp = setup
+    if compile_mode == "reduce-overhead" and device.type != "cuda":
+        pytest.skip("reduce-overhead (CUDA graphs) is the default compile on CPU")
     task, engine = _fast_engine(cfg, device, tmp, compile_mode)
     batches = task.train_batches(1)[:STEPS]
     with AsyncSummaryWriter(str(tmp / f"fast_tb_{compile_mode}")) as writer:

@@ -22,8 +22,10 @@ def _backend_params():
         pytest.param("reference", id="reference"),
         pytest.param("cpp", id="cpp", marks=pytest.mark.skipif(
             "cpp" not in ops.available_backends("cpu"), reason=f"C++ extension not built: {_backends.load_error('cpp')}")),
-        pytest.param("triton", id="triton", marks=pytest.mark.skipif(
-            not TRITON_HERE, reason="triton needs CUDA; on CPU it runs in test_ops_triton.py's TRITON_INTERPRET=1 subprocess")),
+        # with CUDA the triton cases are GPU tests (selected by `-m gpu`); on CPU they run interpreted
+        pytest.param("triton", id="triton", marks=[pytest.mark.skipif(
+            not TRITON_HERE, reason="triton needs CUDA; on CPU it runs in test_ops_triton.py's TRITON_INTERPRET=1 subprocess"),
+            *([pytest.mark.gpu] if HAS_CUDA else [])]),
         pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
             not HAS_CUDA, reason="cuda backend needs a CUDA device")]),
     ]

@@ -1,0 +1,59 @@
+"""One cascade stage's training step: eager vs torch.compile (and CUDA graphs on a GPU), same model and data.
+
+The stage is `BENCH_CASCADE_STAGE` of `BENCH_CASCADE_CONFIG` (default: the tiny config's last stage on CPU,
+the default config's stage_128 on a GPU), conditioned on the ground-truth previous-stage volume so no
+earlier stage has to be trained first; `BENCH_CASCADE_CASES` phantom cases (default 12) keep data
+generation short. Each round is `STEPS` optimizer steps after a warm-up epoch (compile, autotune).
+
+Run: .venv/bin/python -m pytest benchmarks/test_cascade_step.py --benchmark-only -s
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from benchmarks.ratios import record_ratio
+from hnerv_fast.config import load_config
+from hnerv_fast.train.engine import Engine, seed_everything
+from hnerv_fast.train.tasks.cascade import CascadeStageTask, Conditioning, load_cascade_data
+
+GPU = torch.cuda.is_available()
+CONFIG = os.environ.get("BENCH_CASCADE_CONFIG", "configs/cascade_default.yaml" if GPU else "configs/cascade_tiny.yaml")
+STAGE = os.environ.get("BENCH_CASCADE_STAGE", "stage_128" if GPU else "stage_32")
+CASES = int(os.environ.get("BENCH_CASCADE_CASES", "12"))
+STEPS = 6
+MODES = ["none", "default", "reduce-overhead"] if GPU else ["none", "default"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench_cascade")
+    cfg = load_config(CONFIG, [f"output.checkpoint_dir={tmp}/ckpt", "train.conditioning=ground_truth",
+                               f"data.num_cases={CASES}", "data.supersample=1", f"train.stages=[{STAGE}]"])
+    seed_everything(cfg.train.seed, deterministic=False)
+    device = torch.device("cuda" if GPU else "cpu")
+    data = load_cascade_data(cfg, device)
+    prev = Conditioning(cfg, data, device, tmp / "ckpt").for_stage(STAGE)
+    return cfg, device, data, prev, tmp
+
+
+def _steps(engine, batches, device):
+    for batch in batches:
+        engine.train_step(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("compile_mode", MODES)
+def test_cascade_stage_step(benchmark, setup, compile_mode):
+    cfg, device, data, prev, tmp = setup
+    cfg.train.compile = compile_mode
+    torch._dynamo.reset()
+    task = CascadeStageTask(cfg, STAGE, data, prev, device)
+    engine = Engine(task, cfg.stage_engine(STAGE), device, tmp / "ckpt")
+    batches = (task.train_batches(1) * STEPS)[:STEPS]  # repeat a short epoch: STEPS steps per round
+    _steps(engine, batches, device)  # warm-up (and compile)
+    benchmark.pedantic(_steps, args=(engine, batches, device), rounds=3, iterations=1)
+    record_ratio(f"cascade {STAGE} step x{STEPS}", f"compile={compile_mode}", benchmark)
