@@ -5,9 +5,13 @@
 //  ssim_fwd      one block per 16x32 tile (8x32 for float64) of a plane: x/y tile + 10-px halo in
 //                shared memory, separable 11-tap blur of the 5 moments (horizontal into shared
 //                memory, vertical in registers), SSIM/cs + 3 coefficient maps per output pixel,
-//                L1/L2 over the tile's own pixels; per-tile partial sums, finalize per plane.
+//                L1/L2 over the tile's own pixels; per-tile partial sums stored [P, 3, ntiles], then
+//                one block per plane adds its tiles (contiguous reads, fixed order: deterministic).
 //  ssim_bwd      same tiling over the input pixels: coefficient maps + halo in shared memory,
 //                separable blur (= transposed blur, the window is symmetric), fused with L1/L2.
+//  Element types: x (the prediction) and y (the target) each keep their own, loaded straight into
+//  the accumulation type, so a half/bfloat16 prediction meets an unrounded float32 target
+//  (dispatch_pair lists the pairs; common.h: DtypePairs::kLowVsFloat). dx has x's type.
 //  (grouped_norms: grad_norm_cuda.cu; block reductions: reduce.cuh)
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -51,16 +55,42 @@ constexpr int tile_h() {
 
 using namespace cuda_detail;
 
+template <typename T>
+struct Type {
+  using type = T;
+};
+
+// Calls f(Type<X>{}, Type<Y>{}) with the element types of (x, y): equal types, or a half/bfloat16
+// x with a float y — six instantiations per kernel. A float32 x with a narrower y is never needed:
+// the Python layer upcasts such a y (and ssim's d/dy upcasts the low-precision x before swapping).
+template <typename F>
+void dispatch_pair(const at::Tensor& x, const at::Tensor& y, const char* op, F&& f) {
+  const at::ScalarType xt = x.scalar_type(), yt = y.scalar_type();
+  if (xt == yt) {
+    switch (xt) {
+      case at::kDouble: return f(Type<double>{}, Type<double>{});
+      case at::kFloat: return f(Type<float>{}, Type<float>{});
+      case at::kHalf: return f(Type<at::Half>{}, Type<at::Half>{});
+      case at::kBFloat16: return f(Type<at::BFloat16>{}, Type<at::BFloat16>{});
+      default: break;
+    }
+  } else if (yt == at::kFloat) {
+    if (xt == at::kHalf) return f(Type<at::Half>{}, Type<float>{});
+    if (xt == at::kBFloat16) return f(Type<at::BFloat16>{}, Type<float>{});
+  }
+  TORCH_CHECK_VALUE(false, op, " (CUDA): no kernel for dtypes ", xt, " and ", yt);
+}
+
 // ----------------------------------------------------------------------------------------------
 // PSNR
 // ----------------------------------------------------------------------------------------------
-template <typename T, typename Acc>
-__global__ void sse_partial_kernel(const T* __restrict__ x, const T* __restrict__ y, int64_t N, int64_t M,
+template <typename T, typename U, typename Acc>
+__global__ void sse_partial_kernel(const T* __restrict__ x, const U* __restrict__ y, int64_t N, int64_t M,
                                    int nb, Acc* __restrict__ partial) {
   __shared__ Acc red[32];
   for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {
     const T* xs = x + n * M;
-    const T* ys = y + n * M;
+    const U* ys = y + n * M;
     Acc acc = 0;
     for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < M; i += int64_t(nb) * blockDim.x) {
       const Acc d = static_cast<Acc>(xs[i]) - static_cast<Acc>(ys[i]);
@@ -84,9 +114,9 @@ __global__ void psnr_finalize_kernel(const Acc* __restrict__ partial, int64_t N,
 // ----------------------------------------------------------------------------------------------
 // SSIM forward
 // ----------------------------------------------------------------------------------------------
-template <typename T, typename Acc, int kTileH>
+template <typename T, typename U, typename Acc, int kTileH>
 __global__ void __launch_bounds__(kThreads) ssim_fwd_kernel(
-    const T* __restrict__ x, const T* __restrict__ y, int64_t P, int H, int W, int mode, bool store,
+    const T* __restrict__ x, const U* __restrict__ y, int64_t P, int H, int W, int mode, bool store,
     Window<Acc> win, Acc* __restrict__ coef, Acc* __restrict__ partial) {
   constexpr int SH = kTileH + kHalo, SW = kTileW + kHalo;
   __shared__ Acc sx[SH][SW];
@@ -103,7 +133,7 @@ __global__ void __launch_bounds__(kThreads) ssim_fwd_kernel(
 
   for (int64_t p = blockIdx.z; p < P; p += gridDim.z) {
     const T* xp = x + p * int64_t(H) * W;
-    const T* yp = y + p * int64_t(H) * W;
+    const U* yp = y + p * int64_t(H) * W;
     // 1. tile + halo into shared memory (zeros outside the plane)
     for (int i = tid; i < SH * SW; i += kThreads) {
       const int rr = i / SW, cc = i % SW;
@@ -189,38 +219,53 @@ __global__ void __launch_bounds__(kThreads) ssim_fwd_kernel(
         }
       }
     }
-    // 5. per-tile partial sums
+    // 5. per-tile partial sums, [P, 3, ntiles]: each statistic's tiles are contiguous for the finalize
     sq = block_sum(sq, red);
     ab = block_sum(ab, red);
     val_sum = block_sum(val_sum, red);
     if (tid == 0) {
-      Acc* out = partial + (p * ntiles + tile) * 3;
+      Acc* out = partial + p * 3 * ntiles + tile;
       out[0] = sq;
-      out[1] = ab;
-      out[2] = val_sum;
+      out[ntiles] = ab;
+      out[2 * ntiles] = val_sum;
     }
     __syncthreads();
   }
 }
 
+constexpr int kFinalizeThreads = 128;
+
+// One block per plane: threads stride over the plane's tiles (coalesced, [P, 3, ntiles] layout),
+// then a block reduction in double per statistic (fixed order, no atomics: deterministic).
 template <typename Acc>
-__global__ void ssim_finalize_kernel(const Acc* __restrict__ partial, int64_t P, int ntiles, double inv_hw,
-                                     double inv_o, Acc* __restrict__ stats) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < P * 3; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t p = i / 3;
-    const int q = int(i % 3);
-    double s = 0.0;
-    for (int t = 0; t < ntiles; ++t) s += static_cast<double>(partial[(p * ntiles + t) * 3 + q]);
-    stats[i] = static_cast<Acc>(s * (q < 2 ? inv_hw : inv_o));
+__global__ void __launch_bounds__(kFinalizeThreads) ssim_finalize_kernel(
+    const Acc* __restrict__ partial, int64_t P, int ntiles, double inv_hw, double inv_o, Acc* __restrict__ stats) {
+  __shared__ double red[32];
+  for (int64_t p = blockIdx.x; p < P; p += gridDim.x) {
+    const Acc* part = partial + p * 3 * ntiles;
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0;
+    for (int t = threadIdx.x; t < ntiles; t += blockDim.x) {
+      s0 += static_cast<double>(part[t]);
+      s1 += static_cast<double>(part[ntiles + t]);
+      s2 += static_cast<double>(part[2 * ntiles + t]);
+    }
+    s0 = block_sum(s0, red);
+    s1 = block_sum(s1, red);
+    s2 = block_sum(s2, red);
+    if (threadIdx.x == 0) {
+      stats[p * 3 + 0] = static_cast<Acc>(s0 * inv_hw);
+      stats[p * 3 + 1] = static_cast<Acc>(s1 * inv_hw);
+      stats[p * 3 + 2] = static_cast<Acc>(s2 * inv_o);
+    }
   }
 }
 
 // ----------------------------------------------------------------------------------------------
 // SSIM backward
 // ----------------------------------------------------------------------------------------------
-template <typename T, typename Acc, int kTileH>
+template <typename T, typename U, typename Acc, int kTileH>
 __global__ void __launch_bounds__(kThreads) ssim_bwd_kernel(
-    const T* __restrict__ x, const T* __restrict__ y, const Acc* __restrict__ gstats,
+    const T* __restrict__ x, const U* __restrict__ y, const Acc* __restrict__ gstats,
     const Acc* __restrict__ coef, int64_t P, int H, int W, bool has_ssim, Window<Acc> win, T* __restrict__ dx) {
   constexpr int SH = kTileH + kHalo, SW = kTileW + kHalo;
   __shared__ Acc sc[3][SH][SW];
@@ -295,7 +340,7 @@ __global__ void __launch_bounds__(kThreads) ssim_bwd_kernel(
 // launchers
 // ----------------------------------------------------------------------------------------------
 at::Tensor psnr_cuda(const at::Tensor& pred, const at::Tensor& target) {
-  check_image_pair(pred, target, "psnr");
+  check_image_pair(pred, target, "psnr", DtypePairs::kLowVsFloat);
   check_cuda(pred, "psnr");
   const c10::cuda::CUDAGuard guard(pred.device());
   const at::Tensor x = pred.contiguous(), y = target.contiguous();
@@ -305,11 +350,13 @@ at::Tensor psnr_cuda(const at::Tensor& pred, const at::Tensor& target) {
   at::Tensor partial = at::empty({N * nb}, x.options().dtype(acc_t));
   at::Tensor out = at::empty({N}, x.options().dtype(acc_t));
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "psnr_cuda", [&] {
-    using Acc = at::opmath_type<scalar_t>;
+  dispatch_pair(x, y, "psnr", [&](auto xt, auto yt) {
+    using T = typename decltype(xt)::type;
+    using U = typename decltype(yt)::type;
+    using Acc = at::opmath_type<T>;
     const dim3 grid(nb, static_cast<unsigned>(grid_cap(N, 65535)));
-    sse_partial_kernel<scalar_t, Acc><<<grid, kThreads, 0, stream>>>(
-        x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), N, M, nb, partial.data_ptr<Acc>());
+    sse_partial_kernel<T, U, Acc><<<grid, kThreads, 0, stream>>>(
+        x.data_ptr<T>(), y.data_ptr<U>(), N, M, nb, partial.data_ptr<Acc>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     psnr_finalize_kernel<Acc><<<grid_cap((N + kThreads - 1) / kThreads, 1024), kThreads, 0, stream>>>(
         partial.data_ptr<Acc>(), N, nb, M, out.data_ptr<Acc>());
@@ -320,7 +367,7 @@ at::Tensor psnr_cuda(const at::Tensor& pred, const at::Tensor& target) {
 
 std::tuple<at::Tensor, at::Tensor> ssim_fwd_cuda(const at::Tensor& x_, const at::Tensor& y_, int64_t mode,
                                                  bool save_coef) {
-  check_ssim_args(x_, y_, mode);
+  check_ssim_args(x_, y_, mode, DtypePairs::kLowVsFloat);
   check_cuda(x_, "ssim_fwd");
   const c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor x = x_.contiguous(), y = y_.contiguous();
@@ -332,21 +379,23 @@ std::tuple<at::Tensor, at::Tensor> ssim_fwd_cuda(const at::Tensor& x_, const at:
   at::Tensor stats = at::empty({N, C, 3}, x.options().dtype(acc_t));
   at::Tensor coef = store ? at::empty({N, C, 3, Ho, Wo}, x.options().dtype(acc_t)) : at::empty({0}, x.options().dtype(acc_t));
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ssim_fwd_cuda", [&] {
-    using Acc = at::opmath_type<scalar_t>;
+  dispatch_pair(x, y, "ssim_fwd", [&](auto xt, auto yt) {
+    using T = typename decltype(xt)::type;
+    using U = typename decltype(yt)::type;
+    using Acc = at::opmath_type<T>;
     constexpr int TH = tile_h<Acc>();
     const int gx = static_cast<int>((W + kTileW - 1) / kTileW), gy = static_cast<int>((H + TH - 1) / TH);
     const int ntiles = gx * gy;
-    at::Tensor partial = at::empty({P * ntiles * 3}, x.options().dtype(acc_t));
+    at::Tensor partial = at::empty({P, 3, ntiles}, x.options().dtype(acc_t));
     const dim3 grid(gx, gy, static_cast<unsigned>(grid_cap(P, 65535)));
     const dim3 block(kTileW, kBlockRows);
-    ssim_fwd_kernel<scalar_t, Acc, TH><<<grid, block, 0, stream>>>(
-        x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), P, static_cast<int>(H), static_cast<int>(W),
+    ssim_fwd_kernel<T, U, Acc, TH><<<grid, block, 0, stream>>>(
+        x.data_ptr<T>(), y.data_ptr<U>(), P, static_cast<int>(H), static_cast<int>(W),
         static_cast<int>(mode), store, make_window<Acc>(), store ? coef.data_ptr<Acc>() : nullptr,
         partial.data_ptr<Acc>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const double inv_o = mode > 0 ? 1.0 / double(Ho * Wo) : 0.0;
-    ssim_finalize_kernel<Acc><<<grid_cap((P * 3 + kThreads - 1) / kThreads, 1024), kThreads, 0, stream>>>(
+    ssim_finalize_kernel<Acc><<<grid_cap(P, 65535), kFinalizeThreads, 0, stream>>>(
         partial.data_ptr<Acc>(), P, ntiles, 1.0 / double(H * W), inv_o, stats.data_ptr<Acc>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -355,7 +404,7 @@ std::tuple<at::Tensor, at::Tensor> ssim_fwd_cuda(const at::Tensor& x_, const at:
 
 at::Tensor ssim_bwd_cuda(const at::Tensor& grad_stats, const at::Tensor& x_, const at::Tensor& y_,
                          const at::Tensor& coef_, int64_t mode) {
-  check_ssim_bwd_args(grad_stats, x_, y_, coef_, mode);
+  check_ssim_bwd_args(grad_stats, x_, y_, coef_, mode, DtypePairs::kLowVsFloat);
   check_cuda(x_, "ssim_bwd");
   const c10::cuda::CUDAGuard guard(x_.device());
   const at::Tensor x = x_.contiguous(), y = y_.contiguous();
@@ -365,16 +414,17 @@ at::Tensor ssim_bwd_cuda(const at::Tensor& grad_stats, const at::Tensor& x_, con
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = N * C;
   at::Tensor dx = at::empty_like(x);
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "ssim_bwd_cuda", [&] {
-    using Acc = at::opmath_type<scalar_t>;
+  dispatch_pair(x, y, "ssim_bwd", [&](auto xt, auto yt) {
+    using T = typename decltype(xt)::type;
+    using U = typename decltype(yt)::type;
+    using Acc = at::opmath_type<T>;
     constexpr int TH = tile_h<Acc>();
     const int gx = static_cast<int>((W + kTileW - 1) / kTileW), gy = static_cast<int>((H + TH - 1) / TH);
     const dim3 grid(gx, gy, static_cast<unsigned>(grid_cap(P, 65535)));
     const dim3 block(kTileW, kBlockRows);
-    ssim_bwd_kernel<scalar_t, Acc, TH><<<grid, block, 0, stream>>>(
-        x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), gs.data_ptr<Acc>(),
-        mode > 0 ? coef.data_ptr<Acc>() : nullptr, P, static_cast<int>(H), static_cast<int>(W), mode > 0,
-        make_window<Acc>(), dx.data_ptr<scalar_t>());
+    ssim_bwd_kernel<T, U, Acc, TH><<<grid, block, 0, stream>>>(
+        x.data_ptr<T>(), y.data_ptr<U>(), gs.data_ptr<Acc>(), mode > 0 ? coef.data_ptr<Acc>() : nullptr, P,
+        static_cast<int>(H), static_cast<int>(W), mode > 0, make_window<Acc>(), dx.data_ptr<T>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return dx;

@@ -15,8 +15,10 @@ This module gives both ops fake kernels and the autograd link, and composes the 
 loss = w_L2*MSE + w_L1*MAE + w_s*(1-SSIM) + w_ms*(1-MS-SSIM) (weights: reference.FUSION_WEIGHTS).
 MS-SSIM runs the fused op once per scale (cs at the first L-1 scales, SSIM at the last) with torch
 2x2 average pooling between scales; see reference.ms_ssim_per_sample for the scale rule on small
-images. The gradient w.r.t. ``target`` is supported too (the statistics are symmetric in x and y,
+images; the pooling runs in float32 at least, so low-precision inputs are not rounded between
+scales. The gradient w.r.t. ``target`` is supported too (the statistics are symmetric in x and y,
 so it is the same fused backward with the roles swapped, at the cost of one more forward pass).
+Mixed dtypes (e.g. a bfloat16 prediction with a float32 target): see psnr.kernel_pair.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import torch
 from torch import Tensor
 
 from . import _backends, reference
+from .psnr import LOW_PRECISION, kernel_pair
 from .reference import PIXEL_LOSSES  # noqa: F401  (re-exported)
 
 _MODE_NONE, _MODE_SSIM, _MODE_CS = 0, 1, 2
@@ -69,9 +72,12 @@ def _make_autograd(ns: str):
         if ctx.needs_input_grad[0]:
             dx = ops.ssim_bwd(grad_stats, x, y, coef, ctx.mode)
         if ctx.needs_input_grad[1]:
-            # every statistic is symmetric in (x, y): d/dy = the x-gradient with the roles swapped
-            coef_yx = ops.ssim_fwd(y, x, ctx.mode, ctx.mode > 0)[1] if ctx.mode > 0 else coef
-            dy = ops.ssim_bwd(grad_stats, y, x, coef_yx, ctx.mode)
+            # every statistic is symmetric in (x, y): d/dy = the x-gradient with the roles swapped.
+            # The kernels take a narrow x with a wide y only, so a mixed pair is upcast first.
+            dt = torch.promote_types(x.dtype, y.dtype)
+            xs, ys = x.to(dt), y.to(dt)
+            coef_yx = ops.ssim_fwd(ys, xs, ctx.mode, ctx.mode > 0)[1] if ctx.mode > 0 else coef
+            dy = ops.ssim_bwd(grad_stats, ys, xs, coef_yx, ctx.mode).to(y.dtype)
         return dx, dy, None, None
 
     return setup_context, backward
@@ -89,13 +95,17 @@ if _backends._load_cpp():
     register_ssim_ops("hnerv_fast")
 
 
-def _fused_pixel_loss(pred: Tensor, target: Tensor, kind: str, ops) -> Tensor:
+def _upcast(t: Tensor) -> Tensor:
+    return t.float() if t.dtype in LOW_PRECISION else t
+
+
+def _fused_pixel_loss(pred: Tensor, target: Tensor, kind: str, backend: str) -> Tensor:
     w_l2, w_l1, w_s, w_ms = reference.loss_weights(kind)
+    ops = torch.ops.hnerv_fast_triton if backend == "triton" else torch.ops.hnerv_fast
     x, y = pred, target
-    if x.device.type == "cpu" and x.dtype not in (torch.float32, torch.float64):
-        x = x.float()  # the C++ CPU kernels take float32 / float64
-    if y.dtype != x.dtype:
-        y = y.to(x.dtype)
+    if backend == "cpp":
+        x, y = _upcast(x), _upcast(y)  # the C++ CPU kernels take float32 / float64
+    x, y = kernel_pair(x, y, mixed=backend != "cpp")
     x, y = x.contiguous(), y.contiguous()
     need_grad = torch.is_grad_enabled() and (x.requires_grad or y.requires_grad)
     levels = reference.ms_ssim_levels(x.shape[-2], x.shape[-1]) if w_ms else 0
@@ -129,7 +139,8 @@ def _fused_pixel_loss(pred: Tensor, target: Tensor, kind: str, ops) -> Tensor:
             v = torch.relu(st[..., 2]) ** weights[i]
             prod = v if prod is None else prod * v
             if i < levels - 1:
-                xl, yl = reference.ms_ssim_downsample(xl), reference.ms_ssim_downsample(yl)
+                # pool in float32: a bf16/fp16 pooled image would be rounded at every scale
+                xl, yl = reference.ms_ssim_downsample(_upcast(xl)), reference.ms_ssim_downsample(_upcast(yl))
         add((1.0 - prod.mean(1)) * w_ms)
     return loss
 
@@ -137,10 +148,11 @@ def _fused_pixel_loss(pred: Tensor, target: Tensor, kind: str, ops) -> Tensor:
 def pixel_loss(pred: Tensor, target: Tensor, kind: str) -> Tensor:
     """Per-sample pixel loss [N] of the given kind (one of PIXEL_LOSSES); caller takes ``.mean()``.
 
-    pred/target: same-shaped floating [N, C, H, W] images in [0, 1] (any strides).
-    SSIM-based kinds need H, W >= 11 (ValueError otherwise). Differentiable w.r.t. both inputs;
-    the backward of the fused backends is fused as well. Result: float64 for float64 input,
-    float32 otherwise.
+    pred/target: same-shaped floating [N, C, H, W] images in [0, 1] (any strides, any floating
+    dtypes: a bfloat16 pred against a float32 target is computed in float32 against the unrounded
+    target). SSIM-based kinds need H, W >= 11 (ValueError otherwise). Differentiable w.r.t. both
+    inputs, each gradient in its input's dtype; the backward of the fused backends is fused as
+    well. Result: float64 when either input is float64, float32 otherwise.
     """
     reference.loss_weights(kind)
     reference.check_pair(pred, target, "pixel_loss")
@@ -150,5 +162,4 @@ def pixel_loss(pred: Tensor, target: Tensor, kind: str) -> Tensor:
     backend = _backends.resolve(pred.device)
     if backend == "reference":
         return reference.pixel_loss(pred, target, kind)
-    ops = torch.ops.hnerv_fast_triton if backend == "triton" else torch.ops.hnerv_fast
-    return _fused_pixel_loss(pred, target, kind, ops)
+    return _fused_pixel_loss(pred, target, kind, backend)

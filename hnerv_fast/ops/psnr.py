@@ -8,6 +8,7 @@ for the C++/CUDA kernels, hnerv_fast_triton for Triton); this module gives those
 from __future__ import annotations
 
 import math
+from typing import Tuple
 
 import torch
 from torch import Tensor
@@ -15,10 +16,25 @@ from torch import Tensor
 from . import _backends, reference
 
 _LOG10_SCALE = -20.0 / math.log(10.0)
+LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def _opmath(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def kernel_pair(pred: Tensor, target: Tensor, mixed: bool) -> Tuple[Tensor, Tensor]:
+    """(pred, target) as the fused kernels take them (shared with pixel_loss).
+
+    The kernels load each input with its own element type and compute in float32 (float64 for
+    float64), as the reference does. They take equal dtypes and, where ``mixed`` (CUDA, Triton),
+    a float16 / bfloat16 pred (autocast) with a float32 target, which then stays unrounded. Any
+    other pair goes to the promoted dtype: the wider input is never rounded down.
+    """
+    if pred.dtype == target.dtype or (mixed and pred.dtype in LOW_PRECISION and target.dtype == torch.float32):
+        return pred, target
+    dt = torch.promote_types(pred.dtype, target.dtype)
+    return pred.to(dt), target.to(dt)
 
 
 def _psnr_fake(pred: Tensor, target: Tensor) -> Tensor:
@@ -54,15 +70,16 @@ if _backends._load_cpp():
 def patch_psnr(pred: Tensor, target: Tensor) -> Tensor:
     """PSNR per sample [N] = -10*log10(mean((pred-target)^2) + 1e-9); images in [0, 1].
 
-    pred/target: same-shaped floating [N, C, H, W] tensors (any strides). Differentiable.
-    Result dtype: float64 for float64 input, else float32. Raises ValueError on bad shapes.
+    pred/target: same-shaped floating [N, C, H, W] tensors (any strides, any floating dtypes: a
+    bfloat16 pred against a float32 target is computed in float32 without rounding the target).
+    Differentiable; each gradient has its input's dtype. Result dtype: float64 when either input
+    is float64, else float32. Raises ValueError on bad shapes.
     """
     reference.check_pair(pred, target, "patch_psnr")
     backend = _backends.resolve(pred.device)
     if backend == "reference":
         return reference.psnr(pred, target)
-    if target.dtype != pred.dtype:
-        target = target.to(pred.dtype)
+    x, y = kernel_pair(pred, target, mixed=backend != "cpp")
     if backend == "triton":
-        return torch.ops.hnerv_fast_triton.psnr(pred, target)
-    return torch.ops.hnerv_fast.psnr(pred, target)
+        return torch.ops.hnerv_fast_triton.psnr(x, y)
+    return torch.ops.hnerv_fast.psnr(x, y)
