@@ -31,8 +31,10 @@ def _backend_params():
         pytest.param("reference", id="reference"),
         pytest.param("cpp", id="cpp", marks=pytest.mark.skipif(
             "cpp" not in ops.available_backends("cpu"), reason=f"C++ extension not built: {_backends.load_error('cpp')}")),
-        pytest.param("triton", id="triton", marks=pytest.mark.skipif(
-            not TRITON_HERE, reason="triton needs CUDA; on CPU it runs in test_triton_interpreted's child process")),
+        # with CUDA the triton cases are GPU tests (`-m gpu`); on CPU they run interpreted in a child
+        pytest.param("triton", id="triton", marks=[pytest.mark.skipif(
+            not TRITON_HERE, reason="triton needs CUDA; on CPU it runs in test_triton_interpreted's child process"),
+            *([pytest.mark.gpu] if HAS_CUDA else [])]),
         pytest.param("cuda", id="cuda", marks=gpu),
     ]
 
