@@ -212,7 +212,8 @@ def test_triton_interpreted():
 # ------------------------------------------------------------------------------------------------
 def _recycle_pinned():
     """Allocate and free pinned blocks: a graph that copies from a freed block would read these."""
-    junk = [torch.full((n,), -1, dtype=torch.int64).pin_memory() for n in (8, 15, 16, 32, 64, 128, 512) for _ in range(8)]
+    sizes = (8, 15, 16, 32, 64, 128, 512)
+    junk = [torch.full((n,), -1, dtype=torch.int64).pin_memory() for n in sizes for _ in range(8)]
     del junk
 
 

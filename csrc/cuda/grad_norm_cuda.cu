@@ -193,7 +193,7 @@ class TableCache {
 };
 
 TableCache& table_cache() {
-  static TableCache* cache = new TableCache();  // never destroyed: graphs may outlive static teardown
+  static TableCache* cache = new TableCache();  // never destroyed: static teardown may run after CUDA's
   return *cache;
 }
 
