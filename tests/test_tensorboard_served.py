@@ -18,7 +18,7 @@ from hnerv_fast.tensorboard import (
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "patch_dual/tiny/synthetic/tensorboard"
-CATEGORIES = ("Overview", "Loss Breakdown", "Gradients", "Evaluation", "Statistics", "Distributions")
+CATEGORIES = ("Overview", "Loss Breakdown", "Gradients", "Evaluation", "Statistics", "Distributions", "Performance")
 APT_HINT = "apt-get update && apt-get install -y --no-install-recommends chromium fonts-dejavu-core"
 
 

@@ -133,10 +133,11 @@ def test_learning_rate_follows_the_schedule(tiny_run):
     assert lrs.index(peak) < len(lrs) // 2
 
 
-def test_custom_scalars_layout_has_six_categories(tiny_run):
+def test_custom_scalars_layout_has_the_guide_categories_and_performance(tiny_run):
     _, _, acc = tiny_run
     layout = custom_scalar_layout(acc)
-    assert list(layout) == ["Overview", "Loss Breakdown", "Gradients", "Evaluation", "Statistics", "Distributions"]
+    assert list(layout) == ["Overview", "Loss Breakdown", "Gradients", "Evaluation", "Statistics", "Distributions",
+                            "Performance"]
     assert all(layout[c] for c in layout)
 
 

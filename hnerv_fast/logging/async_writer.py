@@ -4,6 +4,8 @@ The training loop never waits for the host: `add_scalars` stacks its tensors int
 kernel), starts an asynchronous copy into pinned host memory, records a CUDA event and enqueues it.
 The writer thread waits on the event, converts to floats and writes whatever has piled up in one go.
 On CPU the tensors are cloned (the caller may update accumulators in place) and handled the same way.
+A value may also be a callable: it runs on the writer thread once the record's tensors have arrived, for
+values the host can only read after the device got there (e.g. the elapsed time between two CUDA events).
 
 Nothing queued is lost: `close()` drains the queue and flushes; it runs on `with` exit (normal exit,
 exceptions, Ctrl-C) and at interpreter exit.
@@ -32,15 +34,20 @@ class _Record:
     extra: dict = field(default_factory=dict)
 
 
-def _split_scalars(values: Mapping[str, torch.Tensor | float]):
-    """(tensor tags, their values stacked into one 1-D float32 tensor or None, {tag: python float}).
+Scalar = torch.Tensor | float | Callable[[], float]
+
+
+def _split_scalars(values: Mapping[str, Scalar]):
+    """(tensor tags, their values stacked into one 1-D float32 tensor or None, {tag: python float},
+    {tag: callable}).
 
     Tensors are stacked on their device (one copy instead of many); plain numbers stay on the host,
-    so they never cost a host->device copy (a synchronising one on GPU)."""
+    so they never cost a host->device copy (a synchronising one on GPU); callables wait for the writer."""
     tensors = {t: v for t, v in values.items() if isinstance(v, torch.Tensor)}
-    plain = {t: float(v) for t, v in values.items() if not isinstance(v, torch.Tensor)}
+    deferred = {t: v for t, v in values.items() if callable(v)}
+    plain = {t: float(v) for t, v in values.items() if t not in tensors and t not in deferred}
     stacked = torch.stack([v.detach().float().reshape(()) for v in tensors.values()]) if tensors else None
-    return tuple(tensors), stacked, plain
+    return tuple(tensors), stacked, plain, deferred
 
 
 def _to_host(tensor: torch.Tensor):
@@ -50,7 +57,7 @@ def _to_host(tensor: torch.Tensor):
         host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
         host.copy_(tensor, non_blocking=True)
         event = torch.cuda.Event()
-        event.record()
+        event.record(torch.cuda.current_stream(tensor.device))  # the copy's stream, whatever the current device
         return host, event
     return tensor.clone(), None
 
@@ -81,16 +88,17 @@ class AsyncSummaryWriter:
     def add_scalars(
         self,
         step: int,
-        values: Mapping[str, torch.Tensor | float],
+        values: Mapping[str, Scalar],
         callback: Callable[[dict[str, float]], None] | None = None,
     ) -> None:
-        """Queue scalar tags for `step`. `callback(values_as_floats)` runs on the writer thread."""
+        """Queue scalar tags for `step`: device tensors, numbers, or callables returning a number (called
+        on the writer thread after the tensors arrived). `callback(values_as_floats)` runs on the writer thread."""
         self._check_open()
         if not values:
             return
-        tensor_tags, stacked, plain = _split_scalars(values)
+        tensor_tags, stacked, plain, deferred = _split_scalars(values)
         host, event = _to_host(stacked) if stacked is not None else (None, None)
-        self._queue.put(_Record("scalars", step, tuple(values), (tensor_tags, host, plain), event, callback))
+        self._queue.put(_Record("scalars", step, tuple(values), (tensor_tags, host, plain, deferred), event, callback))
 
     def add_histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
         self._check_open()
@@ -178,9 +186,10 @@ class AsyncSummaryWriter:
             r.event.synchronize()
         w = self._writer
         if r.kind == "scalars":
-            tensor_tags, host, plain = r.payload
+            tensor_tags, host, plain, deferred = r.payload
             known = dict(zip(tensor_tags, host.tolist())) if host is not None else {}
             known.update(plain)
+            known.update({tag: float(fn()) for tag, fn in deferred.items()})
             floats = {tag: known[tag] for tag in r.tags}  # in the caller's order
             for tag, value in floats.items():
                 w.add_scalar(tag, value, r.step)

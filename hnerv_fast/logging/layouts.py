@@ -5,6 +5,19 @@ Tag strings live here once; tasks, tests and the health report import them.
 from __future__ import annotations
 
 
+class PerfTags:
+    """Speed and memory of the training steps, per epoch, in both trainers (the cascade prefixes its stage).
+
+    Step time: mean per optimizer step (CUDA events on GPU, perf_counter on CPU); samples/s: samples of
+    all ranks per second of steps; peak memory: the allocator's high-water mark of the epoch's steps on GPU,
+    the process's peak resident set size on CPU."""
+
+    STEP_TIME_MS = "Perf/step_time_ms"
+    SAMPLES_PER_S = "Perf/samples_per_s"
+    PEAK_MEMORY_MIB = "Perf/peak_memory_mib"
+    ALL = (STEP_TIME_MS, SAMPLES_PER_S, PEAK_MEMORY_MIB)
+
+
 class DualTags:
     """tensorboard_dual_hnerv.md."""
 
@@ -48,7 +61,8 @@ class DualTags:
     HISTOGRAMS = tuple(f"Eval/Histogram/{s}_{m}_distribution" for s in ("train", "val") for m in ("psnr", "clip_sim"))
     IMAGES_PREFIX = "Eval/Images"
 
-    SCALARS = EPOCH + BATCH + PARAMS + EVAL
+    SCALARS = EPOCH + BATCH + PARAMS + EVAL  # the seed contract
+    PERF = PerfTags.ALL  # per epoch, beyond the contract
 
 
 def dual_layout() -> dict:
@@ -81,6 +95,11 @@ def dual_layout() -> dict:
             "PSNR spread (Histograms tab: Eval/Histogram/*)": ["Margin", ["Eval/Frame/val_psnr", "Eval/PSNR_Stats/val_min", "Eval/PSNR_Stats/val_max"]],
             "CLIP similarity spread": ["Multiline", [r"Eval/Patch/.*clip_sim_std"]],
         },
+        "Performance": {
+            "Step time (ms)": ["Multiline", [PerfTags.STEP_TIME_MS]],
+            "Samples / s": ["Multiline", [PerfTags.SAMPLES_PER_S]],
+            "Peak memory (MiB)": ["Multiline", [PerfTags.PEAK_MEMORY_MIB]],
+        },
     }
 
 
@@ -90,6 +109,7 @@ class CascadeTags:
     STEP = ("train_loss_step", "train_diffusion_step", "train_physics_step")
     EPOCH = ("train_loss", "train_diffusion", "train_physics", "val_loss", "val_diffusion", "val_physics",
              "epoch_time", "learning_rate")
+    PERF = PerfTags.ALL  # per epoch as {stage}/Perf/..., beyond the contract
     IMAGES = "val_samples"
 
     @staticmethod
@@ -109,5 +129,10 @@ def cascade_layout(stages: list[str]) -> dict:
         "Speed and schedule": {
             "Epoch time": ["Multiline", [tag(s, "epoch_time") for s in stages]],
             "Learning rate": ["Multiline", [tag(s, "learning_rate") for s in stages]],
+        },
+        "Performance": {
+            title: ["Multiline", [tag(s, name) for s in stages]]
+            for title, name in (("Step time (ms)", PerfTags.STEP_TIME_MS), ("Samples / s", PerfTags.SAMPLES_PER_S),
+                                ("Peak memory (MiB)", PerfTags.PEAK_MEMORY_MIB))
         },
     }

@@ -15,6 +15,17 @@ by k. The step's metrics are the mean over its micro-batches; lr, `global_step`,
 gradient norms (measured once, on the accumulated and all-reduced gradients) count optimizer steps.
 So world_size x k x batch_size samples make one step, like one process with that batch size (same samples;
 the cascade draws its diffusion noise per micro-batch, so with k > 1 it matches in distribution only).
+
+CUDA graphs (`train.compile=reduce-overhead` / `max-autotune`, torch's CUDA graph trees): a replay
+overwrites the previous replay's outputs, and every input without a static address is copied into the
+graph's own buffer on each replay. So: each step begins with `cudagraph_mark_step_begin`; values that
+outlive the next replay (micro-batch metrics under accumulation, eval chunks) are copied out; gradients
+exist before the first capture (a `.grad` first made by a captured backward would live in the graph's
+pool and be overwritten); and the tensors a task reads as attributes in its compiled functions (its
+dataset, flags: `Task.static_inputs`) get static addresses, so they are read in place, never copied.
+
+Perf (per epoch, `perf.EpochMeter`): step time, samples/s and peak memory of the epoch's steps go to
+`Task.end_epoch`, measured without a host sync in the steps.
 """
 from __future__ import annotations
 
@@ -33,21 +44,31 @@ from hnerv_fast.config import ConfigError, EngineConfig
 from hnerv_fast.ops import grouped_grad_norms
 from hnerv_fast.train import checkpoint as ckpt
 from hnerv_fast.train import distributed
+from hnerv_fast.train.perf import EpochMeter
 
 
 def pick_device(name: str) -> torch.device:
-    """Under torchrun, `auto` / `cuda` mean this rank's GPU (cuda:LOCAL_RANK)."""
+    """The run's device, with its index on GPU (cuda:N), which also becomes the current CUDA device: code
+    that uses the current device (CUDA events, Triton launches, the async writer) then follows train.device.
+    Under torchrun, `auto` / `cuda` mean this rank's GPU (cuda:LOCAL_RANK)."""
     several = distributed.world_size() > 1
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
         raise RuntimeError(f"train.device={name} but no CUDA device is available (use train.device=auto or cpu)")
-    if several and device.type == "cuda":
+    if several:
         if device.index is not None:
             raise ConfigError(f"train.device={name} would put every torchrun rank on the same GPU; use "
                               f"train.device=auto or cuda (rank i uses cuda:LOCAL_RANK)")
-        return distributed.cuda_device_for_rank(name)
+        device = distributed.cuda_device_for_rank(name)
+    elif device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    elif device.index >= torch.cuda.device_count():
+        raise RuntimeError(f"train.device={name} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    torch.cuda.set_device(device)
     return device
 
 
@@ -175,9 +196,11 @@ class Task(ABC):
         """Per-step hook (logging of device tensors only)."""
 
     @abstractmethod
-    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: int, lr: float, seconds: float) -> float | None:
+    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: int, lr: float, seconds: float,
+                  perf: dict[str, Any]) -> float | None:
         """Log epoch means (sums = [metrics..., group norms...] summed over optimizer steps and averaged
-        over ranks); run eval when due. Called on every rank (only rank 0's writer writes).
+        over ranks) and `perf` ({PerfTags name: number or writer-thread callable}, see perf.py); run eval
+        when due. Called on every rank (only rank 0's writer writes).
         Returns the epoch's score for "best" tracking (higher is better) or None when not evaluated."""
 
     @abstractmethod
@@ -196,7 +219,13 @@ class Task(ABC):
         return {}
 
     def compile_eval(self, compiler) -> None:
-        """Receives the engine's compiler (`compiler(fn) -> fn`) for the task's eval functions."""
+        """Receives the engine's compiler (`compiler(fn) -> fn`) for the task's eval functions. A compiled
+        eval function's outputs are overwritten by its next call under CUDA graphs: copy out what must last."""
+
+    def static_inputs(self) -> list[torch.Tensor]:
+        """Tensors the compiled step / eval functions read as attributes (dataset, flags), fixed in place
+        for the run: they get static addresses, so CUDA graphs read them where they are (no per-step copy)."""
+        return []
 
 
 class Engine:
@@ -216,6 +245,14 @@ class Engine:
         # DDP wraps the model before the forward is compiled (torch's recommended order).
         self.ddp = distributed.wrap_model(task.model, device)
         task.ddp_model = self.ddp
+        # Gradients exist before any capture: a captured backward then accumulates into them in place.
+        # (Every parameter gets a gradient each step anyway, so zeros change no update.)
+        for p in task.model.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
+        if self.compile_mode != "none":
+            for tensor in task.static_inputs():
+                torch._dynamo.mark_static_address(tensor)
         # Forward + loss is compiled (its backward graph too, via AOTAutograd). The update is left eager:
         # it is already two fused launches (grouped grad norms, fused Adam), and torch.compile does not
         # trace into fused optimizers.
@@ -245,6 +282,7 @@ class Engine:
     def train_step(self, *micro_batches) -> tuple[torch.Tensor, torch.Tensor]:
         """forward + loss, backward (per micro-batch: gradient accumulation), grouped grad norms
         (+ fused clip), optimizer step; no host sync. Returns (step metrics, [total, *group] norms)."""
+        torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are done with
         self.optimizer.zero_grad(set_to_none=False)
         k = len(micro_batches)
         metrics = None
@@ -254,15 +292,16 @@ class Engine:
                 if k > 1:
                     loss = loss / k
                 self.scaler.scale(loss).backward()  # scale() is the identity when the scaler is disabled
-            metrics = micro if metrics is None else metrics + micro
+            # a copy, not the graph's output buffer: the next micro-batch's replay overwrites that
+            metrics = micro.detach().clone() if metrics is None else metrics.add_(micro.detach())
         if k > 1:
-            metrics = metrics / k
+            metrics.div_(k)
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
         norms = self._norms_and_clip()
         self.scaler.step(self.optimizer)  # plain optimizer.step() when disabled
         self.scaler.update()
-        return metrics.detach(), norms
+        return metrics, norms
 
     def _grad_sync(self, last: bool):
         """DDP all-reduces gradients in the backward of the last micro-batch only."""
@@ -273,7 +312,7 @@ class Engine:
     def _norms_and_clip(self) -> torch.Tensor:
         """[total, *group norms] of the (unscaled) gradients; clips them in place when grad_clip is set."""
         grads = {name: [p.grad for p in params if p.grad is not None] for name, params in self.groups.items()}
-        return grouped_grad_norms(grads, max_norm=self.cfg.grad_clip)
+        return grouped_grad_norms(grads, max_norm=self.cfg.grad_clip, device=self.device)
 
     # ------------------------------------------------------------------------------ the loop
     def fit(self) -> None:
@@ -292,6 +331,7 @@ class Engine:
         steps = len(batches) // k
         sums = None
         started = time.perf_counter()
+        meter = EpochMeter(self.device)
         bar = self._progress(epoch, epochs, steps)
         for i in range(steps):
             self.lr.fill_(self.cfg.lr * task.lr_multiplier((epoch - 1 + i / steps) / epochs))
@@ -303,12 +343,13 @@ class Engine:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(task.progress_postfix(), refresh=False)
+        perf = meter.stop(steps, samples=sum(b.global_size for b in batches[:steps * k]))
         if bar is not None:
             bar.close()
         distributed.all_reduce_mean_(sums)  # epoch means over all ranks' samples (norms are global already)
         seconds = time.perf_counter() - started
         lr = self.cfg.lr * task.lr_multiplier((epoch - 1 + (steps - 1) / steps) / epochs)
-        score = task.end_epoch(epoch, sums, steps, lr, seconds)
+        score = task.end_epoch(epoch, sums, steps, lr, seconds, perf)
         improved = score is not None and score > self.best_score
         if improved:
             self.best_score = score

@@ -272,6 +272,12 @@ class CascadeStageTask(Task):
     def grad_groups(self):
         return {"model": list(self.model.parameters())}
 
+    def static_inputs(self) -> list[torch.Tensor]:
+        d, s = self.data, self.schedule
+        tensors = [d.train_rows, d.xrays, d.volumes[self.size], s.betas, s.alphas_cumprod, s.sqrt_alphas_cumprod,
+                   s.sqrt_one_minus_alphas_cumprod]
+        return tensors if self.prev is None else [*tensors, self.prev]
+
     def train_batches(self, epoch: int) -> list[Batch]:
         e = self.engine_cfg
         return epoch_batches(len(self.data.train_rows), e.batch_size, epoch, _seed(e.seed, self.stage_index),
@@ -307,13 +313,15 @@ class CascadeStageTask(Task):
         return {} if value is None else {"loss": round(value, 4)}
 
     # ------------------------------------------------------------------------ epoch logging
-    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: int, lr: float, seconds: float) -> float | None:
+    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: int, lr: float, seconds: float,
+                  perf: dict[str, Any]) -> float | None:
         tag = lambda n: T.tag(self.name, n)  # noqa: E731
         train = sums[:3] / steps
         val = self.validate()
         values = {tag("train_loss"): train[0], tag("train_diffusion"): train[1], tag("train_physics"): train[2],
                   tag("val_loss"): val[0], tag("val_diffusion"): val[1], tag("val_physics"): val[2],
-                  tag("epoch_time"): seconds, tag("learning_rate"): lr}
+                  tag("epoch_time"): seconds, tag("learning_rate"): lr,
+                  **{tag(name): value for name, value in perf.items()}}
         epochs = self.engine_cfg.epochs
         def report(v: dict[str, float]) -> None:  # on the writer thread, values already on the host
             _print_epoch(self.name, epoch, epochs, v)

@@ -126,7 +126,8 @@ class DualHNeRVTask(Task):
         return {k: round(latest[tag], 4) for k, tag in (("loss", T.BATCH_TOTAL), ("psnr", T.BATCH_PSNR)) if tag in latest}
 
     # ------------------------------------------------------------------------ epoch logging
-    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: int, lr: float, seconds: float) -> float | None:
+    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: int, lr: float, seconds: float,
+                  perf: dict[str, Any]) -> float | None:
         cfg = self.cfg
         means = sums / steps
         psnr, pixel, clip, total, g_total, g_decoder, g_rgb, g_clip = means.unbind()
@@ -138,6 +139,7 @@ class DualHNeRVTask(Task):
             T.PIXEL_TO_CLIP: _safe_ratio(pixel, clip), T.CLIP_ACTIVE: self.clip_active,
             T.GRAD_TOTAL: g_total, T.GRAD_RGB: g_rgb, T.GRAD_CLIP: g_clip, T.GRAD_DECODER: g_decoder,
             T.GRAD_RGB_TO_CLIP: _safe_ratio(g_rgb, g_clip),
+            **perf,  # PerfTags names
         }
         epochs = cfg.train.epochs
         def report(v: dict[str, float]) -> None:  # on the writer thread, values already on the host
@@ -160,8 +162,10 @@ class DualHNeRVTask(Task):
             values[f"Model/Params/{name}_std"] = flat.std()
         self.writer.add_scalars(epoch, values)
 
+    def static_inputs(self) -> list[torch.Tensor]:
+        return [self.patches, self.coords, self.clip_targets, self.clip_active, *self.split_ids.values()]
+
     # ------------------------------------------------------------------------------- eval
-    @torch.no_grad()
     def compile_eval(self, compiler) -> None:
         self._eval_batch = compiler(self._eval_batch_eager)
 
@@ -177,13 +181,19 @@ class DualHNeRVTask(Task):
         fixed size (the last one padded with repeated ids), so a compiled eval sees one static shape."""
         self.model.eval()
         size = max(self.cfg.train.batch_size, 64)
-        outputs = []
-        for chunk in ids.split(size):
+        outputs = None
+        for start in range(0, len(ids), size):
+            chunk = ids[start:start + size]
             n = len(chunk)
             padded = torch.cat([chunk, chunk[:1].expand(size - n)]) if n < size else chunk
-            outputs.append([t[:n] for t in self._eval_batch(padded)])
+            torch.compiler.cudagraph_mark_step_begin()
+            results = self._eval_batch(padded)
+            if outputs is None:
+                outputs = [r.new_empty((len(ids), *r.shape[1:])) for r in results]
+            for out, r in zip(outputs, results):  # copied out now: under CUDA graphs the next call overwrites r
+                out[start:start + n].copy_(r[:n])
         self.model.train()
-        psnr, sim, rgb = (torch.cat(parts) for parts in zip(*outputs))
+        psnr, sim, rgb = outputs
         return psnr, sim, rgb
 
     def evaluate(self, epoch: int) -> float:

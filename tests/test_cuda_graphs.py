@@ -1,0 +1,204 @@
+"""CUDA graphs (train.compile=reduce-overhead) in both trainers, and the current CUDA device.
+
+A CUDA graph replay overwrites the previous replay's outputs. On CPU that is emulated by `overwriting`
+(a stand-in compiler whose function hands back the same output buffers every call), so the code that
+must copy values out before the next call is tested everywhere; the `gpu` tests run the real thing."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hnerv_fast.config import load_config
+from hnerv_fast.logging.async_writer import AsyncSummaryWriter
+from hnerv_fast.logging.layouts import CascadeTags, PerfTags
+from hnerv_fast.train.engine import Engine, pick_device, seed_everything
+from hnerv_fast.train.tasks.dual_hnerv import DualHNeRVTask
+from tests.event_files import load_events, scalar_series
+
+SMALL = ["model.embed=pe_1.25_8", "model.fc_dim=16", "model.lower_width=8", "train.progress=false",
+         "loss.pixel_loss_warmup_epochs=0", "data.num_frames=40"]
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")
+
+
+def overwriting(fn):
+    """`fn` as a CUDA graph returns it: outputs without autograd history land in buffers that every
+    call reuses (a loss that needs backward passes through)."""
+    buffers: list[torch.Tensor] = []
+
+    def call(*args):
+        outputs = fn(*args)
+        if not buffers:
+            buffers.extend(torch.empty_like(t) for t in outputs)
+        return tuple(t if t.requires_grad else b.copy_(t) for t, b in zip(outputs, buffers))
+
+    return call
+
+
+def dual(tmp_path, device: str, mode: str, *extra: str) -> tuple[DualHNeRVTask, Engine]:
+    """A small dual task and its engine; same weights for the same arguments."""
+    cfg = load_config("configs/dual_hnerv_tiny.yaml", SMALL + [
+        f"clip.cache_dir={tmp_path}/clip", f"output.output_dir={tmp_path}/out", f"train.compile={mode}", *extra])
+    seed_everything(cfg.train.seed, deterministic=False)
+    device = torch.device(device)
+    task = DualHNeRVTask(cfg, device)
+    return task, Engine(task, cfg.train, device, tmp_path / "ckpt")
+
+
+# ------------------------------------------------------------------------------------------ CPU
+def test_predict_copies_each_chunk_before_the_next_call(tmp_path):
+    task, _ = dual(tmp_path, "cpu", "none")
+    ids = task.split_ids["train"]  # 288 patches: 5 eval chunks of 64
+    expected = task.predict(ids)
+    task.compile_eval(overwriting)
+    for got, want in zip(task.predict(ids), expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_accumulated_metrics_survive_the_next_micro_batch(tmp_path):
+    results = []
+    for stand_in in (None, overwriting):
+        task, engine = dual(tmp_path, "cpu", "none", "train.grad_accum_steps=2")
+        if stand_in is not None:
+            engine._forward = stand_in(engine._forward_eager)
+        batches = task.train_batches(1)
+        results.append([engine.train_step(*batches[i:i + 2]) for i in (0, 2)])
+    for (m_eager, n_eager), (m_graph, n_graph) in zip(*results):
+        torch.testing.assert_close(m_graph, m_eager, rtol=0, atol=0)
+        torch.testing.assert_close(n_graph, n_eager, rtol=0, atol=0)
+
+
+@pytest.mark.slow  # CPU inductor compile of the eval function
+def test_compiled_predict_equals_eager_across_chunks(tmp_path):
+    task, _ = dual(tmp_path, "cpu", "default")  # the engine compiled task._eval_batch
+    ids = task.split_ids["train"]
+    compiled = task.predict(ids)
+    task._eval_batch = task._eval_batch_eager
+    for got, want in zip(compiled, task.predict(ids)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_cuda_device_becomes_the_current_device(monkeypatch):
+    """train.device=cuda:N sets the current device (events, Triton launches follow it); `cuda` names
+    the current one's index; under torchrun a rank sets cuda:LOCAL_RANK."""
+    current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: current.append(torch.device(d)))
+    assert pick_device("cuda:2") == torch.device("cuda", 2)
+    assert pick_device("cuda") == torch.device("cuda", 0)
+    assert pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="4 CUDA device"):
+        pick_device("cuda:4")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert pick_device("auto") == torch.device("cuda", 1)
+    assert current == [torch.device("cuda", 2), torch.device("cuda", 0), torch.device("cuda", 1)]
+
+
+# ------------------------------------------------------------------------------------------ GPU
+@pytest.fixture(scope="module")
+def dual_pair(tmp_path_factory):
+    """Eager and reduce-overhead dual engines, same weights; gradient accumulation over 2 micro-batches.
+    5000 frames make the dataset (~185 MB) much larger than a step's working memory."""
+    tmp = tmp_path_factory.mktemp("graphs")
+    extra = ("train.grad_accum_steps=2", "data.num_frames=5000", "train.device=cuda")
+    return dual(tmp, "cuda", "none", *extra), dual(tmp, "cuda", "reduce-overhead", *extra)
+
+
+def _dataset_bytes(task: DualHNeRVTask) -> int:
+    return sum(t.numel() * t.element_size() for t in (task.patches, task.coords, task.clip_targets))
+
+
+@pytest.mark.gpu
+@cuda
+def test_dual_reduce_overhead_matches_eager_without_copies_or_recompiles(dual_pair):
+    import torch._dynamo
+
+    (eager_task, eager), (task, graphs) = dual_pair
+    batches = task.train_batches(1)
+    steps = [batches[i:i + 2] for i in range(0, 16, 2)]
+    for t in (eager_task, task):
+        t.begin_epoch(1)
+    # The graphs run first in this process: anything an op caches on first use (constants, workspaces)
+    # is then made during the graphs' warm-up, as in a real run, where it must not end up in their pool.
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    # outputs are kept across later replays on purpose: train_step must hand back copies
+    got = [graphs.train_step(*pair) for pair in steps[:3]]  # compile, warm up, record
+    torch.cuda.synchronize()
+    with torch._dynamo.config.patch(error_on_recompile=True):  # replays only from here on
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            got += [graphs.train_step(*pair) for pair in steps[3:]]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    growth = torch.cuda.max_memory_allocated() - base
+    want = [eager.train_step(*pair) for pair in steps]
+    for (m_want, n_want), (m_got, n_got) in zip(want, got):
+        assert torch.isfinite(m_got).all() and torch.isfinite(n_got).all()
+        torch.testing.assert_close(m_got, m_want, rtol=2e-3, atol=1e-4)
+        torch.testing.assert_close(n_got, n_want, rtol=2e-3, atol=1e-4)
+    # optimizer state, workspaces and the graphs' pool, but no copy of the dataset
+    assert growth < _dataset_bytes(task) / 2, (growth, _dataset_bytes(task))
+
+
+@pytest.mark.gpu
+@cuda
+def test_dual_reduce_overhead_predict_and_epoch(dual_pair, tmp_path):
+    (eager_task, _), (task, graphs) = dual_pair
+    task.model.load_state_dict(eager_task.model.state_dict())
+    ids = task.split_ids["val"]  # 500 frames x 8 patches: 63 eval chunks
+    for got, want in zip(task.predict(ids), eager_task.predict(ids)):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
+    graphs.cfg.epochs = graphs.cfg.stop_after = 1
+    with AsyncSummaryWriter(str(tmp_path / "tb")) as writer:
+        task.writer = writer
+        graphs.fit()
+    acc = load_events(tmp_path / "tb")
+    for tag in PerfTags.ALL + ("Train/PSNR", "Eval/Frame/val_psnr"):
+        ((step, value),) = scalar_series(acc, tag)
+        assert step == 1 and math.isfinite(value) and value > 0, tag
+
+
+@pytest.mark.gpu
+@cuda
+def test_cascade_reduce_overhead_trains_and_logs(tmp_path):
+    import torch._dynamo
+
+    from hnerv_fast.train.tasks.cascade import CascadeStageTask, load_cascade_data
+
+    cfg = load_config("configs/cascade_tiny.yaml", [
+        f"output.checkpoint_dir={tmp_path}", "train.progress=false", "train.compile=reduce-overhead",
+        "train.device=cuda", "train.grad_accum_steps=2", "train.epochs=3", "train.val_samples=1",
+        "train.sample_every=1", "diffusion.ddim_steps=2", "train.log_every_steps=1"])
+    device = pick_device(cfg.train.device)
+    seed_everything(cfg.train.seed, deterministic=False)
+    data = load_cascade_data(cfg, device)
+    task = CascadeStageTask(cfg, "stage_16", data, None, device)
+    engine = Engine(task, cfg.stage_engine("stage_16"), device, tmp_path)
+    with AsyncSummaryWriter(str(tmp_path / "tb")) as writer:
+        task.writer = writer
+        engine.cfg.stop_after = 1
+        engine.fit()  # compile, warm up, record
+        engine.cfg.stop_after = None
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            engine.fit()  # replays; eval and DDIM sampling run between them
+    acc = load_events(tmp_path / "tb")
+    for name in CascadeTags.STEP + CascadeTags.EPOCH + CascadeTags.PERF:
+        values = [v for _, v in scalar_series(acc, CascadeTags.tag("stage_16", name))]
+        assert values and all(math.isfinite(v) for v in values), name
+    assert [s for s, _ in scalar_series(acc, CascadeTags.tag("stage_16", PerfTags.STEP_TIME_MS))] == [1, 2, 3]
+
+
+def test_engine_marks_task_tensors_static_only_when_compiling(tmp_path, monkeypatch):
+    marked = []
+    monkeypatch.setattr(torch._dynamo, "mark_static_address", lambda t: marked.append(t))
+    task, _ = dual(tmp_path, "cpu", "none")
+    assert not marked
+    task, _ = dual(tmp_path, "cpu", "default")
+    assert [id(t) for t in marked] == [id(t) for t in task.static_inputs()]
+    assert any(t is task.patches for t in marked) and any(t is task.clip_targets for t in marked)
