@@ -1,36 +1,41 @@
 """Fused SSIM / cs + L1 + L2 statistics per (image, channel) plane, and the fused backward.
 
-Forward: one program per (plane, strip of BW columns, segment of SEG rows). It sums (x-y)^2 and
-|x-y| over the pixels it owns (its strip x its segment) and, for the output positions of the valid
-(H-10) x (W-10) region whose top-left corner it owns, the 11x11 Gaussian-weighted moments (mu_x, mu_y,
-E[x^2], E[y^2], E[xy]) -> SSIM (mode 1) or cs (mode 2), and optionally the 3 coefficient maps
-d val / d(mu_x, E[x^2], E[xy]). Per-program partial sums are added per plane in torch (deterministic).
-Backward: dx = a*(x-y) + b*sign(x-y) + s*(T0 + 2x*T1 + y*T2), Tq = transposed blur of coefficient
-map q (the window is symmetric, so it is the blur of the zero-extended map), same tiling over the
-input pixels.
+Forward: a program runs RB "streams" side by side, each a (plane, segment of SEG rows) over one
+strip of BW columns. A stream sums (x-y)^2 and |x-y| over the pixels it owns (its rows x its
+columns) and, for the output positions of the valid (H-10) x (W-10) region whose top-left corner it
+owns, the 11x11 Gaussian-weighted moments -> SSIM (mode 1) or cs (mode 2), and optionally 3
+coefficient maps. Per-stream partial sums are added per plane in torch (deterministic).
+The moments are those of x and d = x - y (mu_x, mu_d, E[x^2], E[d^2], E[x d]): then 1 - cs and
+1 - l, and the maps, come without the cancellation of E[x^2] - mu_x^2 against its neighbours.
+The maps are c0 = d val/d mu_x, c1 = 2 d val/d E[x^2] + d val/d E[xy], c2 = d val/d E[xy] (the
+raw derivatives in a basis that keeps the backward's terms small), so that per input pixel
+    dx = a*(x-y) + b*sign(x-y) + s*(T0 + x*T1 - (x-y)*T2),  Tq = transposed blur of map q
+(= the blur of the zero-extended map: the window is symmetric), computed with the same tiling.
 
-The blur is separable and streams down the strip (kernels/_blur.py): per row, 11 column-shifted
-loads (L1 hits) for the horizontal pass, and a register ring of 10 pending output rows per blurred
-quantity for the vertical pass. Work per output pixel of the forward, in multiply-adds (an FMA, a
-mul or an add each), per moment set:
+The blur is separable and streams down the rows (kernels/_blur.py): per row, 11 column-shifted
+loads that hit L1 for the horizontal pass, and a register ring of the 10 pending output rows per
+blurred quantity for the vertical pass: no shared memory, no scratch, no barrier.
+Per output pixel (fp32; an op = an FMA, mul or add; both backends add ~35 ops of SSIM algebra):
 
-    old (banded matrix products on a loaded 32 x 64 tile, 22 x 54 outputs):
-        (64 + 32) * 5 blurs * 32*64/(22*54) = 830, in registers; every pixel loaded 1.72x
-    new (separable, streaming): horizontal 7 per tap * 11 taps * (SEG+10)/SEG rows, vertical 11 per
-        moment * 5, no halo rows except 10 per segment (SEG >= 32, usually = H): ~80 + 55 = 135,
-        plus ~35 for SSIM / its derivatives in both versions
-    CUDA backend: the same 77 + 55 from shared memory, 26x42 loaded per 16x32 outputs
+    forward             old Triton (banded matrix          new Triton (streaming)
+                        products, 32x64 loaded tile)
+    blur ops            5 * (64+32) * 2048/1188 = 830      8 * 11 * (SEG+10)/SEG + 5 * 11 ~ 155
+    pixels loaded       2048/1188 = 1.72 per output        1 per input (+10 rows per segment,
+                                                           column halo from L1/L2)
+    register loads      -                                  22 L1 hits (x, y at 11 shifts)
+    DRAM (fp32)         8 B * 1.72 in, 12 B coef out       8 B in, 12 B coef out
+    backward
+    blur ops            3 * (64+32) * 2048/1188 = 496      3 * (11 + 11) = 66
+    DRAM (fp32)         (12 B coef) * 1.72 + 8 B + 4 B     12 B coef + 8 B x, y + 4 B dx
 
-Loads per output pixel: 22 vector loads of 4 B that hit L1 (the shifted taps), 0 shared memory,
-no scratch; DRAM traffic (fp32): forward 8 B in (x, y, once plus (BW+10)/BW column halo and
-(SEG+10)/SEG row halo from L2) + 12 B coefficients out; backward 12 B coefficients + 8 B in + 4 B
-out. The old kernel loaded each pixel 1.72x (forward) and its backward 3 maps x 1.72x.
-Backward per input pixel: 3 maps * (11 + 11) = 66 multiply-adds (old: 3 * 166 * 1.72 = 860).
+The CUDA backend (16x32 outputs from a 26x42 shared tile) does ~7*11*26/16 + 55 ~ 180 blur ops
+per output pixel, about what this one does. Triton 3.6, sm_90, fp32: 96 registers (forward),
+~70 (backward), no spills; float64 186 / 136.
 
-Launch shapes: BW in {32, 64} columns (the one that wastes fewer columns; one lane per column and
-row, 1 or 2 warps), SEG so that there are >= ~2 programs per warp slot of a 132-SM device
-(256x3x80x160: 768 planes x 5 strips, 1 segment = 3840 programs; 64x3x320x320: 192 planes x 5
-strips x 4 segments = 3840 programs).
+Launch shapes (``tiling``): one lane per column and stream, strips of BW in {32, 64} columns (the
+one that pads fewer columns), SEG >= 32 rows, enough segments for ~3072 programs, which fills 132
+SMs: 256x3x80x160 -> 768 planes x 5 strips of 32, 1 segment = 3840 one-warp programs;
+64x3x320x320 -> 192 planes x 5 strips of 64 x 4 segments of 80 rows = 3840 two-warp programs.
 Inputs x and y may differ in dtype (bf16 prediction, fp32 target): each is loaded as stored and
 converted; the accumulation type is that of x (float64 for float64 x, else float32).
 """
@@ -49,8 +54,6 @@ WIN = 11
 HALO = WIN - 1
 MIN_SEG = 32           # shortest row segment (its 10 halo rows cost <= 31 % more horizontal work)
 TARGET_PROGRAMS = 3072  # enough programs to fill 132 SMs a couple of times over
-C1 = 0.01**2
-C2 = 0.03**2
 
 _windows: Dict[Tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
@@ -68,12 +71,11 @@ def _window(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 
 @triton.jit
 def _ssim_val(m1, md, exx, edd, exd, MODE: tl.constexpr):
-    """SSIM (MODE 1) or cs (MODE 2) from the blurred x, d = x - y, x^2, d^2, x*d, and its
-    coefficient maps (d val/d mu_x, 2 d val/d E[x^2] + d val/d E[xy], d val/d E[xy]).
+    """SSIM (MODE 1) or cs (MODE 2) from the blurred x, d = x - y, x^2, d^2, x*d, and the maps
+    (d val/d mu_x, 2 d val/d E[x^2] + d val/d E[xy], d val/d E[xy]).
 
-    With these moments 1 - cs = s_dd / B2 and 1 - l = mu_d^2 / B1 carry no cancellation; so do
-    d val/d mu_x and the second map 2 L (1 - cs) (L = l / B2 for SSIM, 1 / B2 for cs), whose raw
-    form 2 d_xx + d_xy = 2 L (1 - cs) * ... would subtract two terms of size L.
+    1 - cs = s_dd / B2 and 1 - l = mu_d^2 / B1 are small terms computed without cancellation; so
+    are d val/d mu_x and the second map, 2 L (1 - cs) with L = l / B2 (SSIM) or 1 / B2 (cs).
     """
     m2 = m1 - md
     s11 = exx - m1 * m1
