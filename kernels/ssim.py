@@ -1,32 +1,59 @@
 """Fused SSIM / cs + L1 + L2 statistics per (image, channel) plane, and the fused backward.
 
-Forward: one program per 22 x 54 tile of a plane's pixels (it loads 32 x 64 with the halo). It sums (x-y)^2 and |x-y| over its own
-pixels and, for the output positions of the valid (H-10) x (W-10) region inside the tile, the 11x11
-Gaussian-weighted moments (mu_x, mu_y, E[x^2], E[y^2], E[xy]) -> SSIM (mode 1) or cs (mode 2), and
-optionally the 3 coefficient maps d val / d(mu_x, E[x^2], E[xy]). Per-tile partial sums are added
-per plane in torch (deterministic).
-Backward: dx = a*(x-y) + b*sign(x-y) + s*(T0 + 2x*T1 + y*T2), Tq = transposed blur of coefficient
-map q (the window is symmetric, so it is the blur of the zero-extended map).
-The separable blur of a loaded [32, 64] tile is two small matrix products with banded Gaussian
-matrices (Gv @ T @ Gh, fp32 "ieee" precision), which keeps every tile in registers and the
-program short (also under TRITON_INTERPRET); the CUDA backend is the shared-memory variant.
+Forward: a program runs RB "streams" side by side, each a (plane, segment of SEG rows) over one
+strip of BW columns. A stream sums (x-y)^2 and |x-y| over the pixels it owns (its rows x its
+columns) and, for the output positions of the valid (H-10) x (W-10) region whose top-left corner it
+owns, the 11x11 Gaussian-weighted moments -> SSIM (mode 1) or cs (mode 2), and optionally 3
+coefficient maps. Per-stream partial sums are added per plane in torch (deterministic).
+The moments are those of x and d = x - y (mu_x, mu_d, E[x^2], E[d^2], E[x d]): then 1 - cs and
+1 - l, and the maps, come without the cancellation of E[x^2] - mu_x^2 against its neighbours.
+The maps are c0 = d val/d mu_x, c1 = 2 d val/d E[x^2] + d val/d E[xy], c2 = d val/d E[xy] (the
+raw derivatives in a basis that keeps the backward's terms small), so that per input pixel
+    dx = a*(x-y) + b*sign(x-y) + s*(T0 + x*T1 - (x-y)*T2),  Tq = transposed blur of map q
+(= the blur of the zero-extended map: the window is symmetric), computed with the same tiling.
+
+The blur is separable and streams down the rows (kernels/_blur.py): per row, 11 column-shifted
+loads that hit L1 for the horizontal pass, and a register ring of the 10 pending output rows per
+blurred quantity for the vertical pass: no shared memory, no scratch, no barrier.
+Per output pixel (fp32; an op = an FMA, mul or add; both backends add ~35 ops of SSIM algebra):
+
+    forward             old Triton (banded matrix          new Triton (streaming)
+                        products, 32x64 loaded tile)
+    blur ops            5 * (64+32) * 2048/1188 = 830      8 * 11 * (SEG+10)/SEG + 5 * 11 ~ 155
+    pixels loaded       2048/1188 = 1.72 per output        1 per input (+10 rows per segment,
+                                                           column halo from L1/L2)
+    register loads      -                                  22 L1 hits (x, y at 11 shifts)
+    DRAM (fp32)         8 B * 1.72 in, 12 B coef out       8 B in, 12 B coef out
+    backward
+    blur ops            3 * (64+32) * 2048/1188 = 496      3 * (11 + 11) = 66
+    DRAM (fp32)         (12 B coef) * 1.72 + 8 B + 4 B     12 B coef + 8 B x, y + 4 B dx
+
+The CUDA backend (16x32 outputs from a 26x42 shared tile) does ~7*11*26/16 + 55 ~ 180 blur ops
+per output pixel, about what this one does. Triton 3.6, sm_90, fp32: 96 registers (forward),
+~70 (backward), no spills; float64 186 / 136.
+
+Launch shapes (``tiling``): one lane per column and stream, strips of BW in {32, 64} columns (the
+one that pads fewer columns), SEG >= 32 rows, enough segments for ~3072 programs, which fills 132
+SMs: 256x3x80x160 -> 768 planes x 5 strips of 32, 1 segment = 3840 one-warp programs;
+64x3x320x320 -> 192 planes x 5 strips of 64 x 4 segments of 80 rows = 3840 two-warp programs.
+Inputs x and y may differ in dtype (bf16 prediction, fp32 target): each is loaded as stored and
+converted; the accumulation type is that of x (float64 for float64 x, else float32).
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
+from ._blur import hblur5, hblur_back, push
 from .psnr import acc_dtype, tl_dtype
 
 WIN = 11
 HALO = WIN - 1
-R = 32   # tile rows loaded (R - 10 = 22 output rows per tile)
-CI = 64  # tile cols loaded (CI - 10 = 54 output cols per tile)
-C1 = 0.01**2
-C2 = 0.03**2
+MIN_SEG = 32           # shortest row segment (its 10 halo rows cost <= 31 % more horizontal work)
+TARGET_PROGRAMS = 3072  # enough programs to fill 132 SMs a couple of times over
 
 _windows: Dict[Tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
@@ -43,119 +70,181 @@ def _window(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 
 
 @triton.jit
-def _band(win_ptr, N: tl.constexpr, ROW_MINUS_COL: tl.constexpr, ACC: tl.constexpr):
-    """[N, N] banded matrix B with B[a, b] = g[a - b] (or g[b - a]) inside the 11-tap band, else 0."""
-    a = tl.arange(0, N)[:, None]
-    b = tl.arange(0, N)[None, :]
-    if ROW_MINUS_COL:
-        k = a - b
+def _ssim_val(m1, md, exx, edd, exd, MODE: tl.constexpr):
+    """SSIM (MODE 1) or cs (MODE 2) from the blurred x, d = x - y, x^2, d^2, x*d, and the maps
+    (d val/d mu_x, 2 d val/d E[x^2] + d val/d E[xy], d val/d E[xy]).
+
+    1 - cs = s_dd / B2 and 1 - l = mu_d^2 / B1 are small terms computed without cancellation; so
+    are d val/d mu_x and the second map, 2 L (1 - cs) with L = l / B2 (SSIM) or 1 / B2 (cs).
+    """
+    m2 = m1 - md
+    s11 = exx - m1 * m1
+    sdd = edd - md * md         # = s11 + s22 - 2 s12
+    s1d = exd - m1 * md         # = s11 - s12
+    iB2 = 1.0 / (2.0 * (s11 - s1d) + sdd + 0.0009)  # 1 / (s11 + s22 + C2)
+    omc = sdd * iB2             # 1 - cs
+    cs = 1.0 - omc
+    dcs = 2.0 * (md - m1 * omc) * iB2  # d cs / d mu_x = (2 m1 cs - 2 m2) / B2
+    if MODE == 1:
+        iB1 = 1.0 / (m1 * m1 + m2 * m2 + 0.0001)
+        lum = 1.0 - md * md * iB1
+        val = lum * cs
+        dl = 2.0 * (m1 * md * md * iB1 - md) * iB1  # (2 m2 - 2 m1 l) / B1
+        d_mu = dl * cs + lum * dcs
+        L = lum * iB2
     else:
-        k = b - a
-    return tl.load(win_ptr + k, mask=(k >= 0) & (k < 11), other=0.0).to(ACC)
+        val = cs
+        d_mu = dcs
+        L = iB2
+    return val, d_mu, 2.0 * L * omc, 2.0 * L
 
 
 @triton.jit
-def _blur(t, gv, gh):
-    """Valid separable blur of an [R, CI] tile: rows i < R-10, cols j < CI-10 of the result are exact."""
-    return tl.dot(gv, tl.dot(t, gh, input_precision="ieee"), input_precision="ieee")
+def _weights(win_ptr):
+    """(g[0], .., g[5]) of the symmetric 11-tap window."""
+    return (tl.load(win_ptr), tl.load(win_ptr + 1), tl.load(win_ptr + 2), tl.load(win_ptr + 3),
+            tl.load(win_ptr + 4), tl.load(win_ptr + 5))
 
 
 @triton.jit
-def _ssim_fwd_kernel(x_ptr, y_ptr, win_ptr, coef_ptr, part_ptr, H, W, Ho, Wo, n_tw, n_tiles,
-                     MODE: tl.constexpr, STORE: tl.constexpr, R: tl.constexpr, CI: tl.constexpr,
+def _streams(n_streams, n_seg, SEG, n_strips, RB: tl.constexpr, BW: tl.constexpr):
+    """This program's RB streams (plane * n_seg + segment; one row of the tile each) and BW columns."""
+    q = tl.program_id(0) * RB + tl.arange(0, RB)
+    live = q < n_streams
+    p = (q // n_seg).to(tl.int64)
+    r0 = (q % n_seg) * SEG
+    cols = tl.program_id(1) * BW + tl.arange(0, BW)
+    part = (q.to(tl.int64) * n_strips + tl.program_id(1)) * 3  # this stream's partial sums
+    return live, p[:, None], r0[:, None], cols[None, :], part
+
+
+@triton.jit
+def _ssim_fwd_kernel(x_ptr, y_ptr, win_ptr, coef_ptr, part_ptr, n_streams, H, W, Ho, Wo, SEG, n_seg, n_strips,
+                     MODE: tl.constexpr, STORE: tl.constexpr, RB: tl.constexpr, BW: tl.constexpr,
                      ACC: tl.constexpr):
-    p = tl.program_id(0).to(tl.int64)  # plane (axis 0: up to 2^31 - 1 programs)
-    t = tl.program_id(1)  # tile
-    ri = tl.arange(0, R)[:, None]
-    ci = tl.arange(0, CI)[None, :]
-    rows = (t // n_tw) * (R - 10) + ri
-    cols = (t % n_tw) * (CI - 10) + ci
-    base = p * H * W
-    inb = (rows < H) & (cols < W)
-    xv = tl.load(x_ptr + base + rows * W + cols, mask=inb, other=0.0).to(ACC)
-    yv = tl.load(y_ptr + base + rows * W + cols, mask=inb, other=0.0).to(ACC)
-    own = inb & (ri < R - 10) & (ci < CI - 10)
-    d = tl.where(own, xv - yv, 0.0)
-    sq = tl.sum(tl.sum(d * d, axis=1), axis=0)
-    ab = tl.sum(tl.sum(tl.abs(d), axis=1), axis=0)
-    val_sum = sq * 0.0
-    if MODE > 0:
-        gh = _band(win_ptr, CI, True, ACC)   # (t @ gh)[i, j] = sum_k g[k] t[i, j + k]
-        gv = _band(win_ptr, R, False, ACC)   # (gv @ t)[i, j] = sum_k g[k] t[i + k, j]
-        m1 = _blur(xv, gv, gh)
-        m2 = _blur(yv, gv, gh)
-        exx = _blur(xv * xv, gv, gh)
-        eyy = _blur(yv * yv, gv, gh)
-        exy = _blur(xv * yv, gv, gh)
-        valid = (ri < R - 10) & (ci < CI - 10) & (rows < Ho) & (cols < Wo)
-        s11 = exx - m1 * m1
-        s22 = eyy - m2 * m2
-        s12 = exy - m1 * m2
-        A2 = 2.0 * s12 + 0.0009
-        iB2 = 1.0 / (s11 + s22 + 0.0009)
-        cs = A2 * iB2
-        if MODE == 1:
-            A1 = 2.0 * m1 * m2 + 0.0001
-            iB1 = 1.0 / (m1 * m1 + m2 * m2 + 0.0001)
-            lum = A1 * iB1
-            val = lum * cs
-            dl = (2.0 * m2 - 2.0 * m1 * lum) * iB1
-            dcs = (2.0 * m1 * cs - 2.0 * m2) * iB2
-            d_mu = dl * cs + lum * dcs
-            d_xx = -lum * cs * iB2
-            d_xy = 2.0 * lum * iB2
-        else:
-            val = cs
-            d_mu = (2.0 * m1 * cs - 2.0 * m2) * iB2
-            d_xx = -cs * iB2
-            d_xy = 2.0 * iB2
-        val = tl.where(valid, val, 0.0)
-        val_sum = tl.sum(tl.sum(val, axis=1), axis=0)
-        if STORE:
-            plane = Ho * Wo
-            cp = coef_ptr + p * 3 * plane + rows * Wo + cols
-            tl.store(cp, d_mu, mask=valid)
-            tl.store(cp + plane, d_xx, mask=valid)
-            tl.store(cp + 2 * plane, d_xy, mask=valid)
-    out = part_ptr + (p * n_tiles + t) * 3
-    tl.store(out, sq)
-    tl.store(out + 1, ab)
-    tl.store(out + 2, val_sum)
+    alive, p, r0, cols, part = _streams(n_streams, n_seg, SEG, n_strips, RB, BW)
+    live = alive[:, None]
+    x_row = x_ptr + p * H * W + r0 * W + cols  # [RB, BW] pointers into row r0 of each stream
+    y_row = y_ptr + p * H * W + r0 * W + cols
+    sq = tl.zeros([RB, BW], ACC)
+    ab = tl.zeros([RB, BW], ACC)
+    vs = tl.zeros([RB, BW], ACC)
+    own_c = live & (cols < W)
+    if MODE == 0:
+        for i in range(0, tl.minimum(SEG, H)):
+            own = own_c & (r0 + i < H)
+            xv = tl.load(x_row + i * W, mask=own, other=0.0).to(ACC)
+            yv = tl.load(y_row + i * W, mask=own, other=0.0).to(ACC)
+            d = xv - yv
+            sq += d * d
+            ab += tl.abs(d)
+    else:
+        g = _weights(win_ptr)
+        valid_c = live & (cols < Wo)
+        plane = Ho * Wo
+        c_row = coef_ptr + p * 3 * plane + (r0 - 10) * Wo + cols  # coefficient row of input row r0
+        z = tl.zeros([RB, BW], ACC)
+        rx, rd, rxx, rdd, rxd = (z,) * 10, (z,) * 10, (z,) * 10, (z,) * 10, (z,) * 10
+        # input rows r0 .. r0+SEG+9 (< H) -> output rows r0 .. r0+SEG-1 (< Ho)
+        for i in range(0, tl.minimum(SEG + 10, H)):
+            in_rows = live & (r0 + i < H)
+            _, d, hx, hd, hxx, hdd, hxd = hblur5(x_row + i * W, y_row + i * W, cols, W, in_rows, g, ACC)
+            d = tl.where(i < SEG, d, 0.0)  # (zero outside the plane: masked loads)
+            sq += d * d
+            ab += tl.abs(d)
+            m1, rx = push(hx, rx, g)
+            md, rd = push(hd, rd, g)
+            exx, rxx = push(hxx, rxx, g)
+            edd, rdd = push(hdd, rdd, g)
+            exd, rxd = push(hxd, rxd, g)
+            # output row r0 + i - 10 is complete from i = 10 on
+            valid = valid_c & (i >= 10) & (r0 + i < H)
+            val, c0, c1, c2 = _ssim_val(m1, md, exx, edd, exd, MODE)
+            vs += tl.where(valid, val, 0.0)
+            if STORE:
+                cp = c_row + i * Wo
+                tl.store(cp, c0, mask=valid)
+                tl.store(cp + plane, c1, mask=valid)
+                tl.store(cp + 2 * plane, c2, mask=valid)
+    out = part_ptr + part
+    tl.store(out, tl.sum(sq, axis=1), mask=alive)
+    tl.store(out + 1, tl.sum(ab, axis=1), mask=alive)
+    tl.store(out + 2, tl.sum(vs, axis=1), mask=alive)
 
 
 @triton.jit
-def _ssim_bwd_kernel(x_ptr, y_ptr, gs_ptr, win_ptr, coef_ptr, dx_ptr, H, W, Ho, Wo, n_tw,
-                     HAS_SSIM: tl.constexpr, R: tl.constexpr, CI: tl.constexpr, ACC: tl.constexpr):
-    p = tl.program_id(0).to(tl.int64)  # plane (axis 0: up to 2^31 - 1 programs)
-    t = tl.program_id(1)  # tile
-    ri = tl.arange(0, R)[:, None]
-    ci = tl.arange(0, CI)[None, :]
-    rows = (t // n_tw) * (R - 10) + ri
-    cols = (t % n_tw) * (CI - 10) + ci
-    base = p * H * W
-    own = (rows < H) & (cols < W) & (ri < R - 10) & (ci < CI - 10)
-    xv = tl.load(x_ptr + base + rows * W + cols, mask=own, other=0.0).to(ACC)
-    yv = tl.load(y_ptr + base + rows * W + cols, mask=own, other=0.0).to(ACC)
-    a = tl.load(gs_ptr + p * 3)  # grad_stats pre-scaled: 2/(HW), 1/(HW), 1/(Ho*Wo)
-    b = tl.load(gs_ptr + p * 3 + 1)
-    d = xv - yv
-    sign = tl.where(d > 0, 1.0, 0.0) - tl.where(d < 0, 1.0, 0.0)
-    g_out = a * d + b * sign
+def _ssim_bwd_kernel(x_ptr, y_ptr, gs_ptr, win_ptr, coef_ptr, dx_ptr, n_streams, H, W, Ho, Wo, SEG, n_seg,
+                     n_strips, HAS_SSIM: tl.constexpr, RB: tl.constexpr, BW: tl.constexpr,
+                     ACC: tl.constexpr):
+    alive, p, r0, cols, _ = _streams(n_streams, n_seg, SEG, n_strips, RB, BW)
+    live = alive[:, None]
+    off = p * H * W + r0 * W + cols  # [RB, BW] offsets of row r0 of each stream
+    own_c = live & (cols < W)
+    a = tl.load(gs_ptr + p * 3, mask=live, other=0.0)  # grad_stats pre-scaled: 2/(HW), 1/(HW), 1/(Ho*Wo)
+    b = tl.load(gs_ptr + p * 3 + 1, mask=live, other=0.0)
     if HAS_SSIM:
+        s = tl.load(gs_ptr + p * 3 + 2, mask=live, other=0.0)
+        g = _weights(win_ptr)
         plane = Ho * Wo
-        s = tl.load(gs_ptr + p * 3 + 2)
-        # coefficient maps over output positions (rows - 10, cols - 10) .. , zero outside the valid region
-        cr = rows - 10
-        cc = cols - 10
-        cm = (cr >= 0) & (cr < Ho) & (cc >= 0) & (cc < Wo)
-        cbase = coef_ptr + p * 3 * plane + cr * Wo + cc
-        gh = _band(win_ptr, CI, True, ACC)
-        gv = _band(win_ptr, R, False, ACC)
-        t0 = _blur(tl.load(cbase, mask=cm, other=0.0).to(ACC), gv, gh)
-        t1 = _blur(tl.load(cbase + plane, mask=cm, other=0.0).to(ACC), gv, gh)
-        t2 = _blur(tl.load(cbase + 2 * plane, mask=cm, other=0.0).to(ACC), gv, gh)
-        g_out += s * (t0 + 2.0 * xv * t1 + yv * t2)
-    tl.store(dx_ptr + base + rows * W + cols, g_out.to(dx_ptr.dtype.element_ty), mask=own)
+        ccols = cols - 10
+        c_row = coef_ptr + p * 3 * plane + (r0 - 10) * Wo + ccols  # coefficient (r0 - 10, cols - 10)
+        z = tl.zeros([RB, BW], ACC)
+        q0, q1, q2 = (z,) * 10, (z,) * 10, (z,) * 10
+        # coefficient rows r0-10 .. r0+SEG-1 -> input rows r0 .. r0+SEG-1 (loop rows i >= 10)
+        for i in range(0, tl.minimum(SEG, H) + 10):
+            cr = r0 - 10 + i
+            ok = live & (cr >= 0) & (cr < Ho)
+            cp = c_row + i * Wo
+            t0, q0 = push(hblur_back(cp, ccols, Wo, ok, g, ACC), q0, g)
+            t1, q1 = push(hblur_back(cp + plane, ccols, Wo, ok, g, ACC), q1, g)
+            t2, q2 = push(hblur_back(cp + 2 * plane, ccols, Wo, ok, g, ACC), q2, g)
+            own = own_c & (i >= 10) & (cr < H)
+            o = off + (i - 10) * W
+            xv = tl.load(x_ptr + o, mask=own, other=0.0).to(ACC)
+            yv = tl.load(y_ptr + o, mask=own, other=0.0).to(ACC)
+            d = xv - yv
+            sign = tl.where(d > 0, 1.0, 0.0) - tl.where(d < 0, 1.0, 0.0)
+            dx = a * d + b * sign + s * (t0 + xv * t1 - d * t2)
+            tl.store(dx_ptr + o, dx.to(dx_ptr.dtype.element_ty), mask=own)
+    else:
+        for i in range(0, tl.minimum(SEG, H)):
+            own = own_c & (r0 + i < H)
+            o = off + i * W
+            xv = tl.load(x_ptr + o, mask=own, other=0.0).to(ACC)
+            yv = tl.load(y_ptr + o, mask=own, other=0.0).to(ACC)
+            d = xv - yv
+            sign = tl.where(d > 0, 1.0, 0.0) - tl.where(d < 0, 1.0, 0.0)
+            tl.store(dx_ptr + o, (a * d + b * sign).to(dx_ptr.dtype.element_ty), mask=own)
+
+
+class Tiling(NamedTuple):
+    """Launch shape: programs of RB streams x BW columns, streams of SEG rows (n_seg per plane)."""
+    rb: int
+    bw: int
+    seg: int
+    n_seg: int
+    n_strips: int
+
+
+def tiling(h: int, w: int, planes: int, interpreted: bool) -> Tiling:
+    """GPU: one warp per 32 columns of a stream, strips of BW in {32, 64} columns (fewer padded
+    columns; 64 on a tie), segments of SEG >= MIN_SEG rows, enough of them to reach TARGET_PROGRAMS
+    programs. The Triton interpreter (CPU) pays per operation, not per element: there a program
+    takes up to 256 streams of one row and up to 128 columns (11 row steps per program)."""
+    if interpreted:
+        bw = min(128, max(16, triton.next_power_of_2(w)))
+        return Tiling(min(256, triton.next_power_of_2(planes * h)), bw, 1, h, triton.cdiv(w, bw))
+    bw = min((64, 32), key=lambda b: triton.cdiv(w, b) * b)
+    n_strips = triton.cdiv(w, bw)
+    want = triton.cdiv(TARGET_PROGRAMS, planes * n_strips)
+    seg = triton.cdiv(h, max(1, min(want, h // MIN_SEG)))
+    return Tiling(1, bw, seg, triton.cdiv(h, seg), n_strips)
+
+
+def _launch(t: Tiling, planes: int):
+    n_streams = planes * t.n_seg
+    grid = (triton.cdiv(n_streams, t.rb), t.n_strips)
+    return grid, n_streams, dict(RB=t.rb, BW=t.bw, num_warps=max(1, min(8, t.rb * t.bw // 32)))
 
 
 def _check(x: torch.Tensor, y: torch.Tensor, mode: int) -> None:
@@ -167,8 +256,10 @@ def _check(x: torch.Tensor, y: torch.Tensor, mode: int) -> None:
         raise ValueError(f"ssim: SSIM needs images of at least 11x11 pixels, got {x.shape[-2]}x{x.shape[-1]}")
 
 
-def ssim_fwd(x: torch.Tensor, y: torch.Tensor, mode: int, save_coef: bool):
-    """(stats [N,C,3] = mean (x-y)^2, mean |x-y|, mean SSIM/cs; coef [N,C,3,H-10,W-10] or empty)."""
+def ssim_fwd(x: torch.Tensor, y: torch.Tensor, mode: int, save_coef: bool, shape: Optional[Tiling] = None):
+    """(stats [N,C,3] = mean (x-y)^2, mean |x-y|, mean SSIM/cs; coef [N,C,3,H-10,W-10] or empty).
+
+    ``shape``: launch shape (default ``tiling(...)``; tests pass others)."""
     _check(x, y, mode)
     x, y = x.contiguous(), y.contiguous()
     n, c, h, w = x.shape
@@ -177,12 +268,12 @@ def ssim_fwd(x: torch.Tensor, y: torch.Tensor, mode: int, save_coef: bool):
     ho, wo = (h - HALO, w - HALO) if mode else (0, 0)
     store = bool(save_coef) and mode > 0
     coef = x.new_empty((n, c, 3, ho, wo) if store else (0,), dtype=acc)
-    n_tw, n_th = triton.cdiv(w, CI - HALO), triton.cdiv(h, R - HALO)
-    n_tiles = n_tw * n_th
-    part = torch.empty((p, n_tiles, 3), dtype=acc, device=x.device)
-    _ssim_fwd_kernel[(p, n_tiles)](
-        x, y, _window(x.device, acc), coef, part, h, w, ho, wo, n_tw, n_tiles,
-        MODE=mode, STORE=store, R=R, CI=CI, ACC=tl_dtype(x.dtype))
+    t = shape or tiling(h, w, p, not x.is_cuda)
+    part = torch.empty((p, t.n_seg * t.n_strips, 3), dtype=acc, device=x.device)
+    grid, n_streams, meta = _launch(t, p)
+    _ssim_fwd_kernel[grid](
+        x, y, _window(x.device, acc), coef, part, n_streams, h, w, ho, wo, t.seg, t.n_seg, t.n_strips,
+        MODE=mode, STORE=store, ACC=tl_dtype(x.dtype), **meta)
     sums = part.sum(1)
     stats = torch.empty_like(sums)
     stats[:, :2] = sums[:, :2] * (1.0 / (h * w))
@@ -190,8 +281,9 @@ def ssim_fwd(x: torch.Tensor, y: torch.Tensor, mode: int, save_coef: bool):
     return stats.view(n, c, 3), coef
 
 
-def ssim_bwd(grad_stats: torch.Tensor, x: torch.Tensor, y: torch.Tensor, coef: torch.Tensor, mode: int):
-    """d(sum grad_stats * stats)/dx, dtype of x."""
+def ssim_bwd(grad_stats: torch.Tensor, x: torch.Tensor, y: torch.Tensor, coef: torch.Tensor, mode: int,
+             shape: Optional[Tiling] = None):
+    """d(sum grad_stats * stats)/dx, dtype of x (``shape`` as in ssim_fwd)."""
     _check(x, y, mode)
     x, y = x.contiguous(), y.contiguous()
     n, c, h, w = x.shape
@@ -208,8 +300,9 @@ def ssim_bwd(grad_stats: torch.Tensor, x: torch.Tensor, y: torch.Tensor, coef: t
     scaled[..., 1] = gs[..., 1] * (1.0 / (h * w))
     scaled[..., 2] = gs[..., 2] * (1.0 / (ho * wo) if mode else 0.0)
     dx = torch.empty_like(x)
-    n_tw, n_th = triton.cdiv(w, CI - HALO), triton.cdiv(h, R - HALO)
-    _ssim_bwd_kernel[(n * c, n_tw * n_th)](
-        x, y, scaled, _window(x.device, acc), coef if mode else gs, dx, h, w, ho, wo, n_tw,
-        HAS_SSIM=mode > 0, R=R, CI=CI, ACC=tl_dtype(x.dtype))
+    t = shape or tiling(h, w, n * c, not x.is_cuda)
+    grid, n_streams, meta = _launch(t, n * c)
+    _ssim_bwd_kernel[grid](
+        x, y, scaled, _window(x.device, acc), coef if mode else gs, dx, n_streams, h, w, ho, wo, t.seg, t.n_seg,
+        t.n_strips, HAS_SSIM=mode > 0, ACC=tl_dtype(x.dtype), **meta)
     return dx
