@@ -41,7 +41,7 @@ converted; the accumulation type is that of x (float64 for float64 x, else float
 """
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional
 
 import torch
 import triton
@@ -54,20 +54,6 @@ WIN = 11
 HALO = WIN - 1
 MIN_SEG = 32           # shortest row segment (its 10 halo rows cost <= 31 % more horizontal work)
 TARGET_PROGRAMS = 3072  # enough programs to fill 132 SMs a couple of times over
-
-_windows: Dict[Tuple[torch.device, torch.dtype], torch.Tensor] = {}
-
-
-def _window(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    key = (device, dtype)
-    w = _windows.get(key)
-    if w is None:
-        c = torch.arange(WIN, dtype=torch.float64) - WIN // 2
-        g = torch.exp(-(c**2) / (2 * 1.5**2))
-        w = (g / g.sum()).to(device=device, dtype=dtype)
-        _windows[key] = w
-    return w
-
 
 @triton.jit
 def _ssim_val(m1, md, exx, edd, exd, MODE: tl.constexpr):
@@ -100,10 +86,18 @@ def _ssim_val(m1, md, exx, edd, exd, MODE: tl.constexpr):
 
 
 @triton.jit
-def _weights(win_ptr):
-    """(g[0], .., g[5]) of the symmetric 11-tap window."""
-    return (tl.load(win_ptr), tl.load(win_ptr + 1), tl.load(win_ptr + 2), tl.load(win_ptr + 3),
-            tl.load(win_ptr + 4), tl.load(win_ptr + 5))
+def _weights(ACC: tl.constexpr):
+    """(g[0], .., g[5]) of the symmetric 11-tap Gaussian window (sigma 1.5), computed in the kernel in
+    the accumulation type. No window tensor: one cached lazily on the device would be created inside
+    the first compiled call and land in a CUDA graph's private pool (reduce-overhead rejects that)."""
+    one = tl.full([], 1.0, ACC)
+    u4 = tl.exp(-one / 4.5)  # exp(-c^2 / (2 sigma^2)) for c = 1 .. 5 (exact constants: c^2 and 4.5)
+    u3 = tl.exp(-4.0 * one / 4.5)
+    u2 = tl.exp(-9.0 * one / 4.5)
+    u1 = tl.exp(-16.0 * one / 4.5)
+    u0 = tl.exp(-25.0 * one / 4.5)
+    norm = one / (one + 2.0 * (u0 + u1 + u2 + u3 + u4))
+    return u0 * norm, u1 * norm, u2 * norm, u3 * norm, u4 * norm, norm
 
 
 @triton.jit
@@ -119,7 +113,7 @@ def _streams(n_streams, n_seg, SEG, n_strips, RB: tl.constexpr, BW: tl.constexpr
 
 
 @triton.jit
-def _ssim_fwd_kernel(x_ptr, y_ptr, win_ptr, coef_ptr, part_ptr, n_streams, H, W, Ho, Wo, SEG, n_seg, n_strips,
+def _ssim_fwd_kernel(x_ptr, y_ptr, coef_ptr, part_ptr, n_streams, H, W, Ho, Wo, SEG, n_seg, n_strips,
                      MODE: tl.constexpr, STORE: tl.constexpr, RB: tl.constexpr, BW: tl.constexpr,
                      ACC: tl.constexpr):
     alive, p, r0, cols, part = _streams(n_streams, n_seg, SEG, n_strips, RB, BW)
@@ -139,7 +133,7 @@ def _ssim_fwd_kernel(x_ptr, y_ptr, win_ptr, coef_ptr, part_ptr, n_streams, H, W,
             sq += d * d
             ab += tl.abs(d)
     else:
-        g = _weights(win_ptr)
+        g = _weights(ACC)
         valid_c = live & (cols < Wo)
         plane = Ho * Wo
         c_row = coef_ptr + p * 3 * plane + (r0 - 10) * Wo + cols  # coefficient row of input row r0
@@ -173,7 +167,7 @@ def _ssim_fwd_kernel(x_ptr, y_ptr, win_ptr, coef_ptr, part_ptr, n_streams, H, W,
 
 
 @triton.jit
-def _ssim_bwd_kernel(x_ptr, y_ptr, gs_ptr, win_ptr, coef_ptr, dx_ptr, n_streams, H, W, Ho, Wo, SEG, n_seg,
+def _ssim_bwd_kernel(x_ptr, y_ptr, gs_ptr, coef_ptr, dx_ptr, n_streams, H, W, Ho, Wo, SEG, n_seg,
                      n_strips, HAS_SSIM: tl.constexpr, RB: tl.constexpr, BW: tl.constexpr,
                      ACC: tl.constexpr):
     alive, p, r0, cols, _ = _streams(n_streams, n_seg, SEG, n_strips, RB, BW)
@@ -184,7 +178,7 @@ def _ssim_bwd_kernel(x_ptr, y_ptr, gs_ptr, win_ptr, coef_ptr, dx_ptr, n_streams,
     b = tl.load(gs_ptr + p * 3 + 1, mask=live, other=0.0)
     if HAS_SSIM:
         s = tl.load(gs_ptr + p * 3 + 2, mask=live, other=0.0)
-        g = _weights(win_ptr)
+        g = _weights(ACC)
         plane = Ho * Wo
         ccols = cols - 10
         c_row = coef_ptr + p * 3 * plane + (r0 - 10) * Wo + ccols  # coefficient (r0 - 10, cols - 10)
@@ -272,7 +266,7 @@ def ssim_fwd(x: torch.Tensor, y: torch.Tensor, mode: int, save_coef: bool, shape
     part = torch.empty((p, t.n_seg * t.n_strips, 3), dtype=acc, device=x.device)
     grid, n_streams, meta = _launch(t, p)
     _ssim_fwd_kernel[grid](
-        x, y, _window(x.device, acc), coef, part, n_streams, h, w, ho, wo, t.seg, t.n_seg, t.n_strips,
+        x, y, coef, part, n_streams, h, w, ho, wo, t.seg, t.n_seg, t.n_strips,
         MODE=mode, STORE=store, ACC=tl_dtype(x.dtype), **meta)
     sums = part.sum(1)
     stats = torch.empty_like(sums)
@@ -303,6 +297,6 @@ def ssim_bwd(grad_stats: torch.Tensor, x: torch.Tensor, y: torch.Tensor, coef: t
     t = shape or tiling(h, w, n * c, not x.is_cuda)
     grid, n_streams, meta = _launch(t, n * c)
     _ssim_bwd_kernel[grid](
-        x, y, scaled, _window(x.device, acc), coef if mode else gs, dx, n_streams, h, w, ho, wo, t.seg, t.n_seg,
+        x, y, scaled, coef if mode else gs, dx, n_streams, h, w, ho, wo, t.seg, t.n_seg,
         t.n_strips, HAS_SSIM=mode > 0, ACC=tl_dtype(x.dtype), **meta)
     return dx

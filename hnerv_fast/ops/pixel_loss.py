@@ -5,8 +5,9 @@ The fast backends register two ops (ns = hnerv_fast for C++/CUDA, hnerv_fast_tri
 ``ssim_fwd(x, y, mode, save_coef) -> (stats [N,C,3], coef)``
     one pass per (image, channel) plane giving mean (x-y)^2, mean |x-y| and the mean SSIM map
     (mode 1) or cs map (mode 2; mode 0 = no SSIM term). The 5 Gaussian-blurred moments are computed
-    once; with ``save_coef`` the kernel also stores, per output pixel, the derivatives of the map
-    value w.r.t. (mu_x, E[x^2], E[xy]) — the fused-ssim approach.
+    once; with ``save_coef`` the kernel also stores, per output pixel, 3 derivatives of the map value
+    (C++/CUDA: w.r.t. (mu_x, E[x^2], E[xy]); Triton blurs moments of x and x - y and stores them in
+    that basis, see kernels/ssim.py) — the fused-ssim approach. Only the same backend's ssim_bwd reads them.
 ``ssim_bwd(grad_stats, x, y, coef, mode) -> dx``
     the gradient as a transposed blur of those 3 coefficient maps (no second pass over the 5
     moments), plus the L1/L2 terms, in one kernel.
