@@ -46,8 +46,9 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _fast_engine(cfg, device, tmp, compile_mode="none"):
+def _fast_engine(cfg, device, tmp, compile_mode="none", amp="none"):
     cfg.train.compile = compile_mode
+    cfg.train.amp = amp
     task = DualHNeRVTask(cfg, device)
     engine = Engine(task, cfg.train, device, tmp / "ckpt")
     task.begin_epoch(1)
@@ -100,18 +101,20 @@ def test_seed_style_eager_loop(benchmark, setup):
     record_ratio("train step", "seed-style eager", benchmark)
 
 
-@pytest.mark.parametrize("compile_mode", ["none", "default", "reduce-overhead"])
-def test_hnerv_fast_step(benchmark, setup, compile_mode):
+@pytest.mark.parametrize("compile_mode, amp", [("none", "none"), ("none", "auto"), ("default", "none"),
+                                               ("default", "auto"), ("reduce-overhead", "none")])
+def test_hnerv_fast_step(benchmark, setup, compile_mode, amp):
+    """amp=auto: bf16 on a CPU with native bf16 (train/precision.py), fp32 elsewhere."""
     cfg, device, tmp = setup
     if compile_mode == "reduce-overhead" and device.type != "cuda":
         pytest.skip("reduce-overhead (CUDA graphs) is the default compile on CPU")
-    task, engine = _fast_engine(cfg, device, tmp, compile_mode)
+    task, engine = _fast_engine(cfg, device, tmp, compile_mode, amp)
     batches = task.train_batches(1)[:STEPS]
     with AsyncSummaryWriter(str(tmp / f"fast_tb_{compile_mode}")) as writer:
         task.writer = writer
         _fast_epoch(task, engine, batches, device, log=True)  # warm-up (and compile)
         benchmark.pedantic(_fast_epoch, args=(task, engine, batches, device, True), rounds=3, iterations=1)
-    record_ratio("train step", f"hnerv_fast compile={compile_mode}", benchmark)
+    record_ratio("train step", f"hnerv_fast compile={compile_mode} amp={engine.amp}", benchmark)
 
 
 @pytest.mark.parametrize("logger", ["off", "async", "sync"])

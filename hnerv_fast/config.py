@@ -36,7 +36,7 @@ class EngineConfig:
     lr: float = 1e-3
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: str = "auto"  # auto (default on GPU, none on CPU) | none | default | max-autotune | reduce-overhead
-    amp: str = "none"  # none | bf16 | fp16 (autocast on GPU; fp16 adds a GradScaler)
+    amp: str = "auto"  # auto | none | bf16 | fp16 (fp16: GPU + GradScaler); see train/precision.py
     seed: int = 1
     deterministic: bool = False
     drop_last: bool = True  # static shapes: drop the last partial batch, else pad it with a zero-weight mask
@@ -51,7 +51,7 @@ class EngineConfig:
 
 
 COMPILE_MODES = ("auto", "none", "default", "max-autotune", "reduce-overhead")
-AMP_MODES = ("none", "bf16", "fp16")
+AMP_MODES = ("auto", "none", "bf16", "fp16")
 OPS_BACKENDS = ("auto", "reference", "cpp", "cuda", "triton")
 
 
@@ -349,7 +349,7 @@ class CascadeTrainConfig(EngineConfig):
     epochs: int = 100
     batch_size: int = 4
     lr: float = 1e-4
-    amp: str = "fp16"  # GradScaler mixed precision on GPU (bf16: no scaler); ignored on CPU
+    amp: str = "fp16"  # GradScaler mixed precision on GPU (bf16: no scaler); fp32 on CPU (auto/bf16: bf16)
     grad_clip: Optional[float] = 1.0
     log_every_steps: int = 50
     # stop_after (EngineConfig): ends this invocation after that epoch of the stage being trained

@@ -43,7 +43,7 @@ from torch import nn
 from hnerv_fast.config import ConfigError, EngineConfig
 from hnerv_fast.ops import grouped_grad_norms
 from hnerv_fast.train import checkpoint as ckpt
-from hnerv_fast.train import distributed
+from hnerv_fast.train import distributed, precision
 from hnerv_fast.train.perf import EpochMeter
 
 
@@ -236,7 +236,8 @@ class Engine:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.lr = torch.tensor(cfg.lr * task.lr_multiplier(0.0), dtype=torch.float32, device=device)
         self.optimizer = task.make_optimizer(self.lr)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16" and device.type == "cuda")
+        self.amp = precision.resolve_amp(cfg.amp, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == "fp16")
         self.groups = task.grad_groups()
         self.start_epoch = 1
         self.global_step = 0
@@ -269,14 +270,8 @@ class Engine:
             return fn
         return torch.compile(fn, fullgraph=fullgraph, mode=None if self.compile_mode == "default" else self.compile_mode)
 
-    def _autocast(self):
-        if self.cfg.amp == "none" or self.device.type != "cuda":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-
     def _forward_eager(self, batch):
-        with self._autocast():
+        with precision.autocast(self.amp, self.device):
             return self.task.forward_loss(batch)
 
     def train_step(self, *micro_batches) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,6 @@ own Engine (AdamW, its own epochs / batch size / lr). Pieces:
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from hnerv_fast.logging.layouts import CascadeTags as T
 from hnerv_fast.models.cascade import CascadeStage, StageConfig, diffusion_and_physics_loss, sample_stage
 from hnerv_fast.models.diffusion import CosineSchedule, sample_timesteps
 from hnerv_fast.train import checkpoint as ckpt
-from hnerv_fast.train import distributed
+from hnerv_fast.train import distributed, precision
 from hnerv_fast.train.engine import Batch, Task, epoch_batches
 from hnerv_fast.train.health_hook import HealthReporter
 from hnerv_fast.train.schedule import cosine_multiplier
@@ -131,10 +130,8 @@ def load_stage_model(path: str | Path, device: torch.device) -> tuple[CascadeSta
 
 
 def autocast(cfg: CascadeConfig, device: torch.device):
-    """Same autocast as the engine's step (GPU only) for the no-grad passes done outside it."""
-    if cfg.train.amp == "none" or device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16)
+    """Same autocast as the engine's step for the no-grad passes done outside it."""
+    return precision.autocast(precision.resolve_amp(cfg.train.amp, device), device)
 
 
 def _seed(*parts: int) -> int:
