@@ -139,8 +139,6 @@ def bench_images(table: Table, device: torch.device, backends: list[str], pm) ->
                               px * BYTES_PER_PIXEL[("fusion6 fwd+bwd", dtype)],
                               f"rel err loss {rel_err(out, ref_loss):.1e} grad {rel_err(grad.float(), ref_grad):.1e}")
                 guarded(f"{name} {backend} {tag}", body)
-        del x32, y
-        torch.cuda.empty_cache()
 
 
 def foreach_norms(groups: dict[str, list[torch.Tensor]]) -> torch.Tensor:
@@ -165,7 +163,6 @@ def bench_norms(table: Table, device: torch.device, backends: list[str]) -> None
                 table.row("grad norms", name, backend, timeit_ms(lambda: grouped_grad_norms(groups)), nbytes,
                           f"rel err {rel_err(grouped_grad_norms(groups), ref):.1e}")
             guarded(f"norms {name} {backend}", body)
-        del ts, groups
 
 
 def main() -> int:

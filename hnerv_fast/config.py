@@ -35,7 +35,7 @@ class EngineConfig:
     batch_size: int = 32
     lr: float = 1e-3
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    compile: str = "auto"  # auto (default on GPU, none on CPU) | none | default | max-autotune | reduce-overhead
+    compile: str = "auto"  # auto (GPU: default; CPU: default for runs of >= 1500 steps) | none | default | max-autotune | reduce-overhead
     amp: str = "auto"  # auto | none | bf16 | fp16 (fp16: GPU + GradScaler); see train/precision.py
     seed: int = 1
     deterministic: bool = False

@@ -9,36 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hnerv_fast import ops
-from hnerv_fast.ops import PIXEL_LOSSES, grouped_grad_norms, patch_psnr, pixel_loss, reference, set_backend
-from hnerv_fast.ops import _backends
-
-HAS_CUDA = torch.cuda.is_available()
-TRITON_HERE = HAS_CUDA or _backends.triton_interpreted()
-
-
-def _backend_params():
-    return [
-        pytest.param("reference", id="reference"),
-        pytest.param("cpp", id="cpp", marks=pytest.mark.skipif(
-            "cpp" not in ops.available_backends("cpu"), reason=f"C++ extension not built: {_backends.load_error('cpp')}")),
-        # with CUDA the triton cases are GPU tests (selected by `-m gpu`); on CPU they run interpreted
-        pytest.param("triton", id="triton", marks=[pytest.mark.skipif(
-            not TRITON_HERE, reason="triton needs CUDA; on CPU it runs in test_ops_triton.py's TRITON_INTERPRET=1 subprocess"),
-            *([pytest.mark.gpu] if HAS_CUDA else [])]),
-        pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-            not HAS_CUDA, reason="cuda backend needs a CUDA device")]),
-    ]
-
-
-@pytest.fixture(params=_backend_params())
-def backend(request):
-    name = request.param
-    device = "cuda" if name == "cuda" or (name == "triton" and HAS_CUDA) else "cpu"
-    set_backend(name)
-    assert _backends.resolve(torch.device(device)) == name  # never a silent fallback
-    yield name, torch.device(device)
-    set_backend("auto")
+from hnerv_fast.ops import PIXEL_LOSSES, grouped_grad_norms, patch_psnr, pixel_loss, reference
+from tests.ops_backends import backend  # noqa: F401  (the parametrized fixture: every backend in turn)
 
 
 def _pair(shape, dtype=torch.float32, device="cpu", seed=0, noise=0.1):

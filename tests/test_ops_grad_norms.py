@@ -6,53 +6,15 @@ a child pytest with TRITON_INTERPRET=1 (it must be set before the kernels are de
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-from hnerv_fast import ops
-from hnerv_fast.ops import _backends, grouped_grad_norms, reference, set_backend
-
-ROOT = Path(__file__).resolve().parents[1]
-HAS_CUDA = torch.cuda.is_available()
-HAS_TRITON = importlib.util.find_spec("triton") is not None
-TRITON_HERE = HAS_TRITON and (HAS_CUDA or _backends.triton_interpreted())
-gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
+from hnerv_fast.ops import grouped_grad_norms, reference, set_backend
+from tests.ops_backends import (GPU as gpu, HAS_CUDA, HAS_TRITON, backend, backend_params, parent_on_cpu,  # noqa: F401
+                                run_triton_interpreted, use_backend as _use)
 
 
-def _backend_params():
-    return [
-        pytest.param("reference", id="reference"),
-        pytest.param("cpp", id="cpp", marks=pytest.mark.skipif(
-            "cpp" not in ops.available_backends("cpu"), reason=f"C++ extension not built: {_backends.load_error('cpp')}")),
-        # with CUDA the triton cases are GPU tests (`-m gpu`); on CPU they run interpreted in a child
-        pytest.param("triton", id="triton", marks=[pytest.mark.skipif(
-            not TRITON_HERE, reason="triton needs CUDA; on CPU it runs in test_triton_interpreted's child process"),
-            *([pytest.mark.gpu] if HAS_CUDA else [])]),
-        pytest.param("cuda", id="cuda", marks=gpu),
-    ]
-
-
-def _use(name):
-    device = torch.device("cuda" if name == "cuda" or (name == "triton" and HAS_CUDA) else "cpu")
-    set_backend(name)
-    assert _backends.resolve(device) == name, f"{name} fell back to {_backends.resolve(device)}"  # never silently
-    return device
-
-
-@pytest.fixture(params=_backend_params())
-def backend(request):
-    yield request.param, _use(request.param)
-    set_backend("auto")
-
-
-@pytest.fixture(params=_backend_params()[2:])
+@pytest.fixture(params=backend_params()[2:])
 def caching_backend(request):
     """The backends that cache a device table (triton, cuda)."""
     yield request.param, _use(request.param)
@@ -195,16 +157,9 @@ def test_cache_reuses_table_for_same_tensors(caching_backend):
 # ------------------------------------------------------------------------------------------------
 # triton on CPU: this file's triton cases in a TRITON_INTERPRET=1 child process
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
-@pytest.mark.skipif(HAS_CUDA or _backends.triton_interpreted(), reason="triton cases run directly in this process")
+@parent_on_cpu
 def test_triton_interpreted():
-    env = dict(os.environ, TRITON_INTERPRET="1", HNERV_FAST_OPS_BACKEND="auto")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)), "-k", "triton"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    tail = (proc.stdout + proc.stderr)[-6000:]
-    assert proc.returncode == 0, f"triton (interpreted) cases failed:\n{tail}"
-    m = re.search(r"(\d+) passed", proc.stdout)
-    assert m and int(m.group(1)) >= 6, f"triton cases did not all run:\n{tail}"
+    run_triton_interpreted(__file__, "triton and not gpu and not interpreted", passed=6)
 
 
 # ------------------------------------------------------------------------------------------------

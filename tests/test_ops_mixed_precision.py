@@ -13,23 +13,14 @@ training shapes, and the CUDA SSIM finalize over thousands of tiles.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from hnerv_fast import ops
 from hnerv_fast.ops import _backends, patch_psnr, pixel_loss, reference, set_backend
 from hnerv_fast.ops.psnr import kernel_pair
+from tests.ops_backends import HAS_CUDA, backend, parent_on_cpu, run_triton_interpreted  # noqa: F401
 
-ROOT = Path(__file__).resolve().parents[1]
-HAS_CUDA = torch.cuda.is_available()
-TRITON_HERE = HAS_CUDA or _backends.triton_interpreted()
 LOW = [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="fp16")]
 OPS = ["psnr", "L2", "Fusion6", "Fusion10"]
 # target noise around pred: about one step of the dtype near 0.5-1, where rounding the target shows
@@ -39,28 +30,6 @@ GRAD_TOL = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
 # float32 arithmetic on both sides; the SSIM kinds add 1 - SSIM, a float32 value near 1
 OUT_RTOL = 2e-5
 OUT_ATOL = {"psnr": 1e-9, "L2": 1e-9, "Fusion6": 2e-7, "Fusion10": 2e-7}
-
-
-def _backend_params():
-    return [
-        pytest.param("reference", id="reference"),
-        pytest.param("cpp", id="cpp", marks=pytest.mark.skipif(
-            "cpp" not in ops.available_backends("cpu"), reason=f"C++ extension not built: {_backends.load_error('cpp')}")),
-        pytest.param("triton", id="triton", marks=([pytest.mark.gpu] if HAS_CUDA else []) + [pytest.mark.skipif(
-            not TRITON_HERE, reason="triton needs CUDA; on CPU it runs in this file's TRITON_INTERPRET=1 subprocess")]),
-        pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-            not HAS_CUDA, reason="cuda backend needs a CUDA device")]),
-    ]
-
-
-@pytest.fixture(params=_backend_params())
-def backend(request):
-    name = request.param
-    device = torch.device("cuda" if name == "cuda" or (name == "triton" and HAS_CUDA) else "cpu")
-    set_backend(name)
-    assert _backends.resolve(device) == name  # never a silent fallback
-    yield name, device
-    set_backend("auto")
 
 
 @pytest.fixture(params=["cuda", "triton"])
@@ -169,20 +138,10 @@ def test_cpu_kernels_reject_mixed_dtypes():
         torch.ops.hnerv_fast.ssim_fwd(x.float(), y.double(), 1, False)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
-@pytest.mark.skipif(HAS_CUDA, reason="with CUDA the triton cases run natively above")
+@parent_on_cpu
 def test_triton_cases_interpreted_on_cpu():
-    env = dict(os.environ, TRITON_INTERPRET="1", HNERV_FAST_OPS_BACKEND="auto")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", __file__,
-           "-k", "triton and not gpu and not interpreted"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    tail = (proc.stdout + proc.stderr)[-6000:]
-    assert proc.returncode == 0, f"triton (interpreted) cases failed:\n{tail}"
-    summary = [ln for ln in proc.stdout.splitlines() if " passed" in ln]
-    assert summary, tail
-    m = re.search(r"(\d+) passed", summary[-1])
-    want = 2 * len(OPS) + 2  # test_low_precision_pred_against_fp32_target + test_target_grad_of_mixed_pair
-    assert m and int(m.group(1)) == want and "skipped" not in summary[-1], f"triton cases did not all run: {summary[-1]}"
+    # test_low_precision_pred_against_fp32_target + test_target_grad_of_mixed_pair
+    run_triton_interpreted(__file__, "triton and not gpu and not interpreted", passed=2 * len(OPS) + 2, exact=True)
 
 
 # ------------------------------------------------------------------------------------------------

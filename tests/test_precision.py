@@ -49,3 +49,23 @@ def test_bf16_step_on_cpu_runs_the_model_in_bf16_and_keeps_losses_fp32(tmp_path)
     assert torch.isfinite(metrics).all() and torch.isfinite(norms).all()
     assert all(p.dtype == torch.float32 for p in task.model.parameters())  # master weights stay fp32
     assert metrics[0] > first[0]  # PSNR improves over the epoch: the bf16 gradients train the model
+
+
+def test_compile_auto_on_cpu_only_for_runs_that_pay_it_back():
+    from hnerv_fast.train.engine import CPU_COMPILE_MIN_STEPS, resolve_compile_mode
+
+    assert resolve_compile_mode("auto", CPU, CPU_COMPILE_MIN_STEPS - 1) == "none"
+    assert resolve_compile_mode("auto", CPU, CPU_COMPILE_MIN_STEPS) == "default"
+    assert resolve_compile_mode("auto", GPU, 1) == "default"
+    assert resolve_compile_mode("none", CPU, 10**6) == "none"
+    assert resolve_compile_mode("reduce-overhead", GPU, 1) == "reduce-overhead"
+
+
+def test_long_cpu_runs_compile_and_short_ones_do_not(tmp_path):
+    from hnerv_fast.train.tasks.dual_hnerv import DualHNeRVTask as Task
+
+    for config, overrides, expected in (("configs/dual_hnerv_tiny.yaml", [], "none"),
+                                        ("configs/dual_hnerv_tiny.yaml", ["train.epochs=200"], "default")):
+        cfg = load_config(config, [f"clip.cache_dir={tmp_path}/clip", "train.progress=false", *overrides])
+        engine = Engine(Task(cfg, CPU), cfg.train, CPU, tmp_path / "ckpt")  # compiles lazily: cheap here
+        assert engine.compile_mode == expected, (overrides, engine.compile_mode)

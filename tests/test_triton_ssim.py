@@ -8,20 +8,13 @@ are defined); with CUDA they run natively as GPU tests.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-HAS_CUDA = torch.cuda.is_available()
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-RUN_HERE = HAS_CUDA or INTERPRETED
+from hnerv_fast.ops import _backends
+from tests.ops_backends import HAS_CUDA, parent_on_cpu, run_triton_interpreted
+
+RUN_HERE = HAS_CUDA or _backends.triton_interpreted()
 DEV = torch.device("cuda" if HAS_CUDA else "cpu")
 
 kernel_case = pytest.mark.skipif(not RUN_HERE, reason="needs CUDA; on CPU it runs in the interpreted child process")
@@ -178,13 +171,6 @@ def test_gradcheck_float64(mode):
     assert torch.autograd.gradcheck(f, (x, y), fast_mode=True)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
-@pytest.mark.skipif(HAS_CUDA or INTERPRETED, reason="with CUDA the cases run natively; this is the parent process")
+@parent_on_cpu
 def test_triton_ssim_interpreted_on_cpu():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", __file__, "-k", "not interpreted"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    tail = (proc.stdout + proc.stderr)[-6000:]
-    assert proc.returncode == 0, f"interpreted triton ssim cases failed:\n{tail}"
-    m = re.search(r"(\d+) passed", proc.stdout)
-    assert m and int(m.group(1)) >= 30 and "skipped" not in proc.stdout.splitlines()[-1], tail
+    run_triton_interpreted(__file__, "not interpreted", passed=30)
