@@ -315,10 +315,9 @@ class CascadeStageTask(Task):
         tag = lambda n: T.tag(self.name, n)  # noqa: E731
         train = sums[:3] / steps
         val = self.validate()
-        values = {tag("train_loss"): train[0], tag("train_diffusion"): train[1], tag("train_physics"): train[2],
-                  tag("val_loss"): val[0], tag("val_diffusion"): val[1], tag("val_physics"): val[2],
-                  tag("epoch_time"): seconds, tag("learning_rate"): lr,
-                  **{tag(name): value for name, value in perf.items()}}
+        # T.EPOCH order: train loss/diffusion/physics, val loss/diffusion/physics, epoch_time, learning_rate
+        values = dict(zip(map(tag, T.EPOCH), [*train, *val, seconds, lr]))
+        values.update({tag(name): value for name, value in perf.items()})
         epochs = self.engine_cfg.epochs
         def report(v: dict[str, float]) -> None:  # on the writer thread, values already on the host
             _print_epoch(self.name, epoch, epochs, v)
@@ -395,7 +394,6 @@ class CascadeStageTask(Task):
 def _print_epoch(stage: str, epoch: int, epochs: int, v: dict[str, float]) -> None:
     from tqdm import tqdm
 
-    g = lambda n: v[T.tag(stage, n)]  # noqa: E731
-    tqdm.write(f"{stage} epoch {epoch}/{epochs} {g('epoch_time'):.1f}s  train {g('train_loss'):.4f} "
-               f"(diffusion {g('train_diffusion'):.4f}, physics {g('train_physics'):.4f})  "
-               f"val {g('val_loss'):.4f}  lr {g('learning_rate'):.2e}")
+    loss, diffusion, physics, val_loss, _, _, seconds, lr = (v[T.tag(stage, n)] for n in T.EPOCH)
+    tqdm.write(f"{stage} epoch {epoch}/{epochs} {seconds:.1f}s  train {loss:.4f} "
+               f"(diffusion {diffusion:.4f}, physics {physics:.4f})  val {val_loss:.4f}  lr {lr:.2e}")

@@ -1,0 +1,49 @@
+"""The cascade TensorBoard contract held as literal lists, copied from the monitoring guide
+(../shared/spec/tensorboard_cascade.md), never from the code's own constants: a renamed tag in
+hnerv_fast/logging/layouts.py must fail here. Both tiny stages train 3 epochs of 4 steps, per-step tags
+every 3 steps (so the step counter runs on across epochs and restarts per stage)."""
+from __future__ import annotations
+
+import pytest
+
+from hnerv_fast.config import load_config
+from hnerv_fast.train.runner import run
+from tests.event_files import load_events
+
+PER_STEP = ["train_loss_step", "train_diffusion_step", "train_physics_step"]
+PER_EPOCH = ["train_loss", "train_diffusion", "train_physics", "val_loss", "val_diffusion", "val_physics",
+             "epoch_time", "learning_rate"]
+PERF_PER_EPOCH = ["Perf/step_time_ms", "Perf/samples_per_s", "Perf/peak_memory_mib"]  # the GPU issue's addition
+STAGES = ["stage_16", "stage_32"]
+EPOCHS, STEPS_PER_EPOCH, LOG_EVERY = 3, 16 // 4, 3  # 16 training cases of 20, batch 4
+
+
+@pytest.fixture(scope="module")
+def events(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cascade_contract")
+    cfg = load_config("configs/cascade_tiny.yaml", [
+        f"output.checkpoint_dir={tmp}", "output.run_name=contract", f"train.epochs={EPOCHS}",
+        f"train.log_every_steps={LOG_EVERY}", "train.save_every=3", "train.val_samples=1", "train.sample_every=3",
+        "diffusion.ddim_steps=2"])
+    run(cfg)
+    return load_events(tmp / "tensorboard" / "contract")
+
+
+def test_exactly_the_contract_scalars_are_written(events):
+    written = set(events.Tags()["scalars"])
+    expected = {f"{s}/{n}" for s in STAGES for n in PER_STEP + PER_EPOCH + PERF_PER_EPOCH}
+    assert written == expected, f"missing {sorted(expected - written)}, unexpected {sorted(written - expected)}"
+
+
+def test_each_tag_at_its_cadence(events):
+    for stage in STAGES:
+        for name in PER_STEP:
+            steps = [e.step for e in events.Scalars(f"{stage}/{name}")]
+            assert steps == list(range(LOG_EVERY, EPOCHS * STEPS_PER_EPOCH + 1, LOG_EVERY)), (stage, name)
+        for name in PER_EPOCH + PERF_PER_EPOCH:
+            assert [e.step for e in events.Scalars(f"{stage}/{name}")] == [1, 2, 3], (stage, name)
+
+
+def test_epoch_time_is_positive_seconds(events):
+    for stage in STAGES:
+        assert all(0 < e.value < 600 for e in events.Scalars(f"{stage}/epoch_time")), stage
