@@ -1,4 +1,5 @@
 import threading
+import time
 
 import pytest
 import torch
@@ -76,3 +77,22 @@ def test_main_loop_never_reads_device_values(tmp_path, monkeypatch):
             writer.add_scalars(step, {"x": torch.tensor(float(step))})
         writer.flush()
     assert calls and not any(calls)
+
+
+class _SlowMirror:
+    """A mirror that makes the writer thread slow, so records are still queued when the caller fails."""
+
+    def log(self, values, step):
+        time.sleep(0.005)
+
+    def close(self):
+        pass
+
+
+def test_exception_drains_a_long_queue_before_it_propagates(tmp_path):
+    with pytest.raises(RuntimeError, match="boom"):
+        with AsyncSummaryWriter(str(tmp_path), mirrors=[_SlowMirror()], max_batch=4) as writer:
+            for step in range(100):
+                writer.add_scalars(step, {"q": torch.tensor(float(step))})
+            raise RuntimeError("boom")
+    assert [s for s, _ in scalar_series(load_events(tmp_path), "q")] == list(range(100))
