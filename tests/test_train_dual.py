@@ -2,6 +2,7 @@
 bad input, and that the tiny config actually learns."""
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +132,14 @@ def test_learning_rate_follows_the_schedule(tiny_run):
     assert peak <= cfg.train.lr * (1 + 1e-6)
     assert lrs[-1] < 0.05 * cfg.train.lr  # cosine decays to ~0 at the end
     assert lrs.index(peak) < len(lrs) // 2
+    # exactly the lr of each epoch's last step (read from the optimizer), by HNeRV's cosine_0.1_1_0.1 written
+    # out here: linear warm-up from 0.1 over the first 10 % of training, then a half cosine to 0
+    steps, epochs = 36 * 8 // cfg.train.batch_size, cfg.train.epochs
+    assert cfg.train.lr_schedule == "cosine_0.1_1_0.1"
+    for epoch, logged in enumerate(lrs, start=1):
+        p = (epoch - 1 + (steps - 1) / steps) / epochs
+        mult = 0.1 + 0.9 * p / 0.1 if p < 0.1 else 0.5 * (1 + math.cos(math.pi * (p - 0.1) / 0.9))
+        assert logged == pytest.approx(cfg.train.lr * mult, rel=1e-5), epoch
 
 
 def test_custom_scalars_layout_has_the_guide_categories_and_performance(tiny_run):

@@ -204,7 +204,7 @@ class Task(ABC):
         """Per-step hook (logging of device tensors only)."""
 
     @abstractmethod
-    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: int, lr: float, seconds: float,
+    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: int, lr: torch.Tensor, seconds: float,
                   perf: dict[str, Any]) -> float | None:
         """Log epoch means (sums = [metrics..., group norms...] summed over optimizer steps and averaged
         over ranks) and `perf` ({PerfTags name: number or writer-thread callable}, see perf.py); run eval
@@ -352,7 +352,7 @@ class Engine:
             bar.close()
         distributed.all_reduce_mean_(sums)  # epoch means over all ranks' samples (norms are global already)
         seconds = time.perf_counter() - started
-        lr = self.cfg.lr * task.lr_multiplier((epoch - 1 + (steps - 1) / steps) / epochs)
+        lr = self.optimizer.param_groups[0]["lr"].detach().clone()  # what the last step used (a device tensor)
         score = task.end_epoch(epoch, sums, steps, lr, seconds, perf)
         improved = score is not None and score > self.best_score
         if improved:

@@ -310,7 +310,7 @@ class CascadeStageTask(Task):
         return {} if value is None else {"loss": round(value, 4)}
 
     # ------------------------------------------------------------------------ epoch logging
-    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: int, lr: float, seconds: float,
+    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: int, lr: torch.Tensor, seconds: float,
                   perf: dict[str, Any]) -> float | None:
         tag = lambda n: T.tag(self.name, n)  # noqa: E731
         train = sums[:3] / steps

@@ -126,7 +126,7 @@ class DualHNeRVTask(Task):
         return {k: round(latest[tag], 4) for k, tag in (("loss", T.BATCH_TOTAL), ("psnr", T.BATCH_PSNR)) if tag in latest}
 
     # ------------------------------------------------------------------------ epoch logging
-    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: int, lr: float, seconds: float,
+    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: int, lr: torch.Tensor, seconds: float,
                   perf: dict[str, Any]) -> float | None:
         cfg = self.cfg
         means = sums / steps
