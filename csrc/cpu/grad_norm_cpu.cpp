@@ -18,6 +18,10 @@ namespace hnerv_fast {
 namespace {
 
 constexpr int64_t kSub = 4096;  // float partial sums stay short, then go to double
+// Elements per thread before a second thread joins (~0.1 ms of work on one core). Smaller grains made
+// a 300 K-element call take ~6 ms instead of 0.1 ms beside another busy process: the parallel region
+// waited for a descheduled thread (benchmarks/RESULTS.md, "under load").
+constexpr int64_t kGrain = 1 << 20;
 
 template <typename T>
 double seg_sumsq(const T* __restrict p, int64_t n) {
@@ -63,7 +67,7 @@ at::Tensor grouped_norms_cpu(at::TensorList tensors, at::IntArrayRef groups, int
   const int nthreads = at::get_num_threads();
   std::vector<double> acc(static_cast<size_t>(nthreads) * std::max<int64_t>(num_groups, 1), 0.0);
   if (total > 0) {
-    at::parallel_for(0, total, 32768, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, total, kGrain, [&](int64_t begin, int64_t end) {
       double* mine = acc.data() + static_cast<int64_t>(at::get_thread_num()) * std::max<int64_t>(num_groups, 1);
       int64_t t = std::upper_bound(offs.begin(), offs.end(), begin) - offs.begin() - 1;
       int64_t pos = begin;
