@@ -182,9 +182,21 @@ def test_resume_continues_exactly(tmp_path, clip_cache):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    # the resumed run's event files continue the same step numbering
-    acc = load_events(resumed / "tensorboard")
+    # optimizer state (Adam moments, step counts) identical too
+    opt_a = ckpt.load(straight / "latest.pt")["optimizer_state_dict"]["state"]
+    opt_b = ckpt.load(resumed / "latest.pt")["optimizer_state_dict"]["state"]
+    assert opt_a.keys() == opt_b.keys()
+    for index in opt_a:
+        for name, value in opt_a[index].items():
+            assert torch.equal(value, opt_b[index][name]), (index, name)
+    # the resumed run's event files continue the same step numbering, and what it logs after the resume
+    # (epochs 3-4, per-batch steps after epoch 2) equals the uninterrupted run's values
+    acc, acc_straight = load_events(resumed / "tensorboard"), load_events(straight / "tensorboard")
     assert steps(acc, T.TRAIN_PSNR) == [1, 2, 3, 4]
+    for tag in (T.TRAIN_PSNR, T.TOTAL_LOSS, T.LR, T.GRAD_TOTAL, T.BATCH_TOTAL, "Eval/Frame/val_psnr"):
+        after = [(s, v) for s, v in scalar_series(acc, tag) if s > (2 if tag != T.BATCH_TOTAL else 2 * 9)]
+        want = [(s, v) for s, v in scalar_series(acc_straight, tag) if s in dict(after)]
+        assert after and after == want, tag
 
 
 # ------------------------------------------------------------------------------- bad input
