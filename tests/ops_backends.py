@@ -79,3 +79,11 @@ def backend(request):
     """(name, device) of each fused-op backend in turn (import it into a test module to use it)."""
     yield request.param, use_backend(request.param)
     ops.set_backend("auto")
+
+
+@pytest.fixture(params=[pytest.param(name, marks=GPU) for name in ("cuda", "triton")])
+def gpu_backend(request):
+    """Each GPU backend in turn (GPU tests): its name. On a CUDA machine a backend that did not load fails."""
+    use_backend(request.param)
+    yield request.param
+    ops.set_backend("auto")

@@ -7,22 +7,14 @@ import torch
 
 from hnerv_fast.config import load_config
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
-from hnerv_fast.ops import _backends, set_backend
+from hnerv_fast.ops import _backends
 from hnerv_fast.train.engine import Engine
 from hnerv_fast.train.tasks.cascade import CascadeStageTask, Conditioning, load_cascade_data
 from hnerv_fast.train.tasks.dual_hnerv import DualHNeRVTask
+from tests.ops_backends import gpu_backend  # noqa: F401  (fixture: cuda, then triton)
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")]
-
-
-@pytest.fixture(params=["cuda", "triton"])
-def gpu_backend(request):
-    set_backend(request.param)
-    assert _backends.resolve(torch.device("cuda")) == request.param, (
-        f"{request.param} backend did not load: {_backends.load_error(request.param)}")
-    yield request.param
-    set_backend("auto")
 
 
 def _run_without_sync(engine, task, batches, writer):

@@ -11,8 +11,8 @@ import hnerv_fast
 from hnerv_fast import ops
 from hnerv_fast.ops import grouped_grad_norms, patch_psnr, pixel_loss, reference, set_backend
 
-HAS_CUDA = torch.cuda.is_available()
-gpu = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
+from tests.ops_backends import HAS_CUDA, gpu_backend  # noqa: F401  (gpu_backend: cuda, then triton)
+
 OPS = ("psnr", "ssim_fwd", "ssim_bwd", "grouped_norms")
 
 
@@ -29,18 +29,6 @@ def test_cuda_module_loads_and_registers_all_kernels():
     for name in OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"hnerv_fast::{name}", "CUDA"), name
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"hnerv_fast::{name}", "CPU"), name
-
-
-@pytest.fixture(params=["cuda", "triton"])
-def gpu_backend(request):
-    if not HAS_CUDA:
-        pytest.skip("needs a CUDA device")
-    # on a CUDA machine both GPU backends must load: a silent fallback is a failure
-    assert request.param in ops.available_backends("cuda"), \
-        f"{request.param} backend not available: {ops._backends.load_error(request.param)}"
-    set_backend(request.param)
-    yield request.param
-    set_backend("auto")
 
 
 def _pair(shape, dtype, seed=0):

@@ -10,19 +10,13 @@ import pytest
 import torch
 
 from hnerv_fast.ops import grouped_grad_norms, reference, set_backend
-from tests.ops_backends import (GPU as gpu, HAS_CUDA, HAS_TRITON, backend, backend_params, parent_on_cpu,  # noqa: F401
-                                run_triton_interpreted, use_backend as _use)
+from tests.ops_backends import (HAS_CUDA, HAS_TRITON, backend, backend_params, gpu_backend,  # noqa: F401
+                                parent_on_cpu, run_triton_interpreted, use_backend as _use)
 
 
 @pytest.fixture(params=backend_params()[2:])
 def caching_backend(request):
     """The backends that cache a device table (triton, cuda)."""
-    yield request.param, _use(request.param)
-    set_backend("auto")
-
-
-@pytest.fixture(params=[pytest.param("cuda", marks=gpu), pytest.param("triton", marks=gpu)])
-def gpu_backend(request):
     yield request.param, _use(request.param)
     set_backend("auto")
 
@@ -185,7 +179,7 @@ def _warm_up(groups):
 @pytest.mark.gpu
 @pytest.mark.parametrize("max_norm", [None, 1.0])
 def test_capture_after_warm_up_replays_current_values(gpu_backend, max_norm):
-    _, dev = gpu_backend
+    dev = torch.device("cuda")
     groups = _groups(dev, seed=4, dtypes=MIXED[1])
     _warm_up(groups)
     g = torch.cuda.CUDAGraph()
@@ -208,7 +202,7 @@ def test_capture_after_warm_up_replays_current_values(gpu_backend, max_norm):
 def test_capture_on_cache_miss(gpu_backend):
     """Tensors first seen inside the capture: the recorded copy's pinned source stays alive; an
     eager call before any replay still sees a filled table; the entry is kept."""
-    name, dev = gpu_backend
+    name, dev = gpu_backend, torch.device("cuda")
     _warm_up(_groups(dev, seed=5))  # compile / load kernels for these dtypes first
     groups = _groups(dev, seed=6)
     _, m0, _, c0 = _cache_info(name)
@@ -230,7 +224,7 @@ def test_capture_on_cache_miss(gpu_backend):
 
 @pytest.mark.gpu
 def test_cached_call_is_two_kernels_and_no_copy(gpu_backend):
-    name, dev = gpu_backend
+    dev = torch.device("cuda")
     groups = _groups(dev, seed=7)  # one dtype
     grouped_grad_norms(groups)
     torch.cuda.synchronize()

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from hnerv_fast import ops
-from hnerv_fast.ops import _backends, patch_psnr, pixel_loss, reference, set_backend
+from hnerv_fast.ops import _backends, patch_psnr, pixel_loss, reference
 from hnerv_fast.ops.psnr import kernel_pair
-from tests.ops_backends import HAS_CUDA, backend, parent_on_cpu, run_triton_interpreted  # noqa: F401
+from tests.ops_backends import HAS_CUDA, backend, gpu_backend, parent_on_cpu, run_triton_interpreted  # noqa: F401
 
 LOW = [pytest.param(torch.bfloat16, id="bf16"), pytest.param(torch.float16, id="fp16")]
 OPS = ["psnr", "L2", "Fusion6", "Fusion10"]
@@ -30,16 +30,6 @@ GRAD_TOL = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
 # float32 arithmetic on both sides; the SSIM kinds add 1 - SSIM, a float32 value near 1
 OUT_RTOL = 2e-5
 OUT_ATOL = {"psnr": 1e-9, "L2": 1e-9, "Fusion6": 2e-7, "Fusion10": 2e-7}
-
-
-@pytest.fixture(params=["cuda", "triton"])
-def gpu_backend(request):
-    if not HAS_CUDA:
-        pytest.skip("needs a CUDA device")
-    set_backend(request.param)
-    assert _backends.resolve(torch.device("cuda")) == request.param  # never a silent fallback
-    yield request.param
-    set_backend("auto")
 
 
 def _mixed_pair(shape, dtype, device, noise, seed=0):
