@@ -10,13 +10,13 @@ op gets to a plain device-to-device copy of the same traffic. Each line starts w
 """
 from __future__ import annotations
 
-import math
 import statistics
 import sys
 import traceback
 
 import torch
 
+from benchmarks.inputs import foreach_norms, log_uniform_groups
 from hnerv_fast import ops
 from hnerv_fast.ops import _backends, grouped_grad_norms, patch_psnr, pixel_loss, reference, set_backend
 
@@ -141,20 +141,11 @@ def bench_images(table: Table, device: torch.device, backends: list[str], pm) ->
                 guarded(f"{name} {backend} {tag}", body)
 
 
-def foreach_norms(groups: dict[str, list[torch.Tensor]]) -> torch.Tensor:
-    per = torch.stack([torch.linalg.vector_norm(torch.stack(torch._foreach_norm(ts))) for ts in groups.values()])
-    return torch.cat([torch.linalg.vector_norm(per).reshape(1), per])
-
-
 def bench_norms(table: Table, device: torch.device, backends: list[str]) -> None:
     """250 gradients with log-uniform sizes in 3 groups (the dual model's shape of problem), 3 totals."""
     for total in (1_200_000, 12_000_000, 120_000_000):
-        gen = torch.Generator().manual_seed(1)
-        w = torch.exp(torch.rand(250, generator=gen) * math.log(1e4))
-        sizes = (w / w.sum() * total).long().clamp_(min=1).tolist()
-        ts = [torch.randn(int(s), device=device) for s in sizes]
-        groups = {"decoder": ts[:200], "rgb_head": ts[200:215], "clip_head": ts[215:]}
-        nbytes, name = 4 * sum(sizes), f"{total / 1e6:g}M/250t"
+        groups = log_uniform_groups(total, device)
+        nbytes, name = 4 * sum(t.numel() for ts in groups.values() for t in ts), f"{total / 1e6:g}M/250t"
         ref = foreach_norms(groups)
         table.row("grad norms", name, "foreach", timeit_ms(lambda: foreach_norms(groups)), nbytes)
         for backend in backends:

@@ -17,6 +17,7 @@ import torch
 
 from hnerv_fast.ops import grouped_grad_norms, patch_psnr, pixel_loss, reference, set_backend
 from hnerv_fast.ops import _backends
+from benchmarks.inputs import foreach_norms, image_pair
 
 pm = pytest.importorskip("pytorch_msssim")
 
@@ -68,18 +69,11 @@ def _run(benchmark, fn, case, impl, rounds=None):
     _record(benchmark, case, impl)
 
 
-def _pair(shape):
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(shape, generator=g)
-    y = (x + 0.1 * torch.randn(shape, generator=g)).clamp(0, 1)
-    return x.to(DEVICE), y.to(DEVICE)
-
-
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("size", ["big", "tiny"])
 @pytest.mark.parametrize("impl", ["baseline", "fused"])
 def test_psnr(benchmark, size, impl):
-    x, y = _pair(SHAPES[size])
+    x, y = image_pair(SHAPES[size], DEVICE)
     benchmark.group = f"psnr-{size}"
     fn = (lambda: reference.psnr(x, y)) if impl == "baseline" else (lambda: patch_psnr(x, y))
     _run(benchmark, fn, f"psnr {size}", impl)
@@ -93,7 +87,7 @@ def _fusion6_msssim(x, y):
 @pytest.mark.parametrize("size", ["big", "tiny"])
 @pytest.mark.parametrize("impl", ["baseline", "fused"])
 def test_fusion6_fwd_bwd(benchmark, size, impl):
-    x, y = _pair(SHAPES[size])
+    x, y = image_pair(SHAPES[size], DEVICE)
     benchmark.group = f"fusion6-fwd-bwd-{size}"
     loss_fn = _fusion6_msssim if impl == "baseline" else (lambda a, b: pixel_loss(a, b, "Fusion6"))
 
@@ -108,7 +102,7 @@ def test_fusion6_fwd_bwd(benchmark, size, impl):
 @pytest.mark.parametrize("size", ["big", "tiny"])
 @pytest.mark.parametrize("impl", ["baseline", "fused"])
 def test_fusion10_fwd_bwd(benchmark, size, impl):
-    x, y = _pair(SHAPES[size])
+    x, y = image_pair(SHAPES[size], DEVICE)
     benchmark.group = f"fusion10-fwd-bwd-{size}"
     if impl == "baseline":
         def loss_fn(a, b):
@@ -144,15 +138,6 @@ def _model_grads():
     return {"decoder": decoder, "rgb_head": rgb, "clip_head": clip}
 
 
-def _foreach_baseline(groups):
-    norms = []
-    for ts in groups.values():
-        ts = [t for t in ts if t is not None]
-        norms.append(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(ts))))
-    per = torch.stack(norms)
-    return torch.cat([torch.linalg.vector_norm(per).reshape(1), per])
-
-
 @pytest.mark.parametrize("impl", ["baseline", "fused"])
 def test_grouped_grad_norms(benchmark, impl):
     groups = _model_grads()
@@ -160,6 +145,6 @@ def test_grouped_grad_norms(benchmark, impl):
     n_params = sum(t.numel() for v in groups.values() for t in v)
     benchmark.group = "grouped-grad-norms"
     benchmark.extra_info.update(tensors=n_tensors, params=n_params)
-    torch.testing.assert_close(_foreach_baseline(groups), grouped_grad_norms(groups), rtol=1e-4, atol=1e-3)
-    fn = (lambda: _foreach_baseline(groups)) if impl == "baseline" else (lambda: grouped_grad_norms(groups))
+    torch.testing.assert_close(foreach_norms(groups), grouped_grad_norms(groups), rtol=1e-4, atol=1e-3)
+    fn = (lambda: foreach_norms(groups)) if impl == "baseline" else (lambda: grouped_grad_norms(groups))
     _run(benchmark, fn, f"grad norms {n_tensors}t/{n_params / 1e6:.1f}M", impl)
