@@ -1,6 +1,6 @@
 """Training-health rules over TensorBoard scalars (pure Python: no TensorBoard, no torch).
 
-The rules are the "Warning Signs" of ../shared/spec/tensorboard_dual_hnerv.md and the loss / speed
+The rules are the "Warning Signs" of docs/tags_dual_hnerv.md and the loss / speed
 checks of tensorboard_cascade.md. Every threshold lives in `HealthThresholds` (a plain dataclass with
 defaults, so a trainer config can embed it as a section and override single fields).
 

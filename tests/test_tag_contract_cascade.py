@@ -1,5 +1,5 @@
 """The cascade TensorBoard contract held as literal lists, copied from the monitoring guide
-(../shared/spec/tensorboard_cascade.md), never from the code's own constants: a renamed tag in
+(docs/tags_cascade.md), never from the code's own constants: a renamed tag in
 hnerv_fast/logging/layouts.py must fail here. Both tiny stages train 3 epochs of 4 steps, per-step tags
 every 3 steps (so the step counter runs on across epochs and restarts per stage)."""
 from __future__ import annotations

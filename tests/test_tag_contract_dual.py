@@ -1,5 +1,5 @@
 """The dual-head TensorBoard contract held as literal lists, copied from the monitoring guide
-(../shared/spec/tensorboard_dual_hnerv.md), never from the code's own constants: a renamed tag in
+(docs/tags_dual_hnerv.md), never from the code's own constants: a renamed tag in
 hnerv_fast/logging/layouts.py must fail here. The run uses cadences that tell the rules apart: 7 epochs
 (not a multiple of eval_freq 3, so the "also at the last epoch" rule shows), params_every 2 != eval_freq,
 log_every_steps 2."""

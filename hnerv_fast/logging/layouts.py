@@ -1,4 +1,4 @@
-"""TensorBoard tag names (the contracts of ../shared/spec/tensorboard_*.md) and custom_scalars layouts.
+"""TensorBoard tag names (contracts: docs/tags_dual_hnerv.md, docs/tags_cascade.md) and custom_scalars layouts.
 
 Tag strings live here once; tasks, tests and the health report import them.
 """

@@ -1,6 +1,6 @@
 """The loop every trainer shares: compiled step, lr schedule, epochs, eval cadence, checkpoints.
 
-The engine never names a model; it talks to a `Task`. Hot-loop rules (ARCHITECTURE.md): no `.item()`
+The engine never names a model; it talks to a `Task`. Hot-loop rules (ARCHITECTURE.md, repo root): no `.item()`
 or host copies in the step; metrics are one device vector per step, summed on device per epoch and
 handed to the async logger as tensors; the learning rate is a tensor, so schedule changes don't recompile.
 
