@@ -19,6 +19,11 @@ def record_ratio(group: str, label: str, benchmark, stat: str = "min") -> None:
     MEDIANS[group][label] = getattr(stats.stats, stat)
 
 
+def record_seconds(group: str, label: str, seconds: float) -> None:
+    """A time measured outside pytest-benchmark (e.g. the epoch times another program prints)."""
+    MEDIANS[group][label] = seconds
+
+
 def report() -> str:
     lines = []
     for group, medians in MEDIANS.items():

@@ -17,10 +17,9 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from benchmarks.ratios import record_ratio
+from benchmarks.seed_loop import seed_style_epoch
 from hnerv_fast.config import load_config
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
-from hnerv_fast.logging.layouts import DualTags as T
-from hnerv_fast.ops import reference
 from hnerv_fast.train.engine import Engine, seed_everything
 from hnerv_fast.train.tasks.dual_hnerv import DualHNeRVTask
 
@@ -63,31 +62,6 @@ def _fast_epoch(task, engine, batches, device, log: bool):
     _sync(device)
 
 
-def _seed_style_epoch(task, model, optimizer, writer, batches, device, step0=0):
-    """What the published trainer does per batch."""
-    groups = model.param_groups()
-    for i, batch in enumerate(batches):
-        ids = task.split_ids["train"][batch.ids]
-        target = task.patches[ids].float() / 255.0
-        rgb, embedding = model(task.coords[ids])
-        pixel = reference.pixel_loss(rgb, target, task.cfg.loss.pixel).mean()
-        clip = (1 - torch.nn.functional.cosine_similarity(embedding, task.clip_targets[ids], dim=-1)).mean()
-        total = pixel + task.cfg.loss.clip_weight * clip
-        optimizer.zero_grad()
-        total.backward()
-        norms = {name: sum(p.grad.norm().item() ** 2 for p in params) ** 0.5 for name, params in groups.items()}
-        optimizer.step()
-        psnr = reference.psnr(rgb.detach(), target).mean()
-        step = step0 + i
-        writer.add_scalar(T.BATCH_PSNR, psnr.item(), step)
-        writer.add_scalar(T.BATCH_PIXEL, pixel.item(), step)
-        writer.add_scalar(T.BATCH_CLIP, clip.item(), step)
-        writer.add_scalar(T.BATCH_TOTAL, total.item(), step)
-        writer.add_scalar(T.GRAD_TOTAL, sum(v**2 for v in norms.values()) ** 0.5, step)
-        writer.flush()  # the seed writes synchronously
-    _sync(device)
-
-
 def test_seed_style_eager_loop(benchmark, setup):
     cfg, device, tmp = setup
     task, _ = _fast_engine(cfg, device, tmp)
@@ -95,8 +69,8 @@ def test_seed_style_eager_loop(benchmark, setup):
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     batches = task.train_batches(1)[:STEPS]
     with SummaryWriter(str(tmp / "seed_tb")) as writer:
-        _seed_style_epoch(task, model, optimizer, writer, batches, device)  # warm-up
-        benchmark.pedantic(_seed_style_epoch, args=(task, model, optimizer, writer, batches, device),
+        seed_style_epoch(task, model, optimizer, writer, batches, device)  # warm-up
+        benchmark.pedantic(seed_style_epoch, args=(task, model, optimizer, writer, batches, device),
                            rounds=3, iterations=1)
     record_ratio("train step", "seed-style eager", benchmark)
 
