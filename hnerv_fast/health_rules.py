@@ -1,7 +1,7 @@
 """Training-health rules over TensorBoard scalars (pure Python: no TensorBoard, no torch).
 
 The rules are the "Warning Signs" of docs/tags_dual_hnerv.md and the loss / speed
-checks of tensorboard_cascade.md. Every threshold lives in `HealthThresholds` (a plain dataclass with
+checks of docs/tags_cascade.md. Every threshold lives in `HealthThresholds` (a plain dataclass with
 defaults, so a trainer config can embed it as a section and override single fields).
 
 Rules (a warning kind fires once per tag, at the first step where it holds):

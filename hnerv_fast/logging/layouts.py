@@ -19,7 +19,7 @@ class PerfTags:
 
 
 class DualTags:
-    """tensorboard_dual_hnerv.md."""
+    """The dual-head trainer's tags (docs/tags_dual_hnerv.md)."""
 
     # per epoch
     TRAIN_PSNR = "Train/PSNR"
@@ -104,7 +104,7 @@ def dual_layout() -> dict:
 
 
 class CascadeTags:
-    """tensorboard_cascade.md: every tag is prefixed with the stage name (stage_64, ...)."""
+    """The cascade's tags (docs/tags_cascade.md): every tag is prefixed with the stage name (stage_64, ...)."""
 
     STEP = ("train_loss_step", "train_diffusion_step", "train_physics_step")
     EPOCH = ("train_loss", "train_diffusion", "train_physics", "val_loss", "val_diffusion", "val_physics",

@@ -1,4 +1,4 @@
-"""Dual-head patch HNeRV task: data on device, forward + loss, tags of tensorboard_dual_hnerv.md."""
+"""Dual-head patch HNeRV task: data on device, forward + loss, tags of docs/tags_dual_hnerv.md."""
 from __future__ import annotations
 
 import dataclasses
