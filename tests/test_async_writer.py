@@ -96,3 +96,30 @@ def test_exception_drains_a_long_queue_before_it_propagates(tmp_path):
                 writer.add_scalars(step, {"q": torch.tensor(float(step))})
             raise RuntimeError("boom")
     assert [s for s, _ in scalar_series(load_events(tmp_path), "q")] == list(range(100))
+
+
+def test_nothing_logged_leaves_no_event_file(tmp_path):
+    """The trainer opens its writer before the tasks load their data: bad input must not leave a log folder."""
+    logdir = tmp_path / "tb"
+    with pytest.raises(ValueError, match="bad data"):
+        with AsyncSummaryWriter(str(logdir)) as writer:
+            writer.flush()
+            raise ValueError("bad data")
+    assert not logdir.exists()
+
+
+def test_a_mirror_added_later_gets_every_later_scalar_batch(tmp_path):
+    class Mirror:
+        def __init__(self):
+            self.seen = []
+
+        def log(self, values, step):
+            self.seen.append((step, values))
+
+    mirror = Mirror()
+    with AsyncSummaryWriter(str(tmp_path)) as writer:
+        writer.add_scalars(0, {"a": 0.0})
+        writer.add_mirror(mirror)
+        writer.add_scalars(1, {"a": torch.tensor(1.0)})
+    assert mirror.seen == [(1, {"a": 1.0})]
+    assert [s for s, _ in scalar_series(load_events(tmp_path), "a")] == [0, 1]

@@ -25,7 +25,7 @@ _STOP = object()
 
 @dataclass
 class _Record:
-    kind: str  # scalars | histogram | image | text | layout | callback
+    kind: str  # scalars | histogram | image | text | layout | mirror | flush
     step: int
     tags: tuple[str, ...] = ()
     payload: Any = None
@@ -70,10 +70,10 @@ class AsyncSummaryWriter:
     """
 
     def __init__(self, logdir: str, mirrors: list | None = None, max_batch: int = 256):
-        from torch.utils.tensorboard import SummaryWriter
-
         self.logdir = str(logdir)
-        self._writer = SummaryWriter(self.logdir)
+        # Opened by the first record (on the writer thread): a run that fails on bad input while its tasks
+        # are built, before anything was logged, leaves no empty event file behind.
+        self._writer = None
         self._mirrors = list(mirrors or [])
         self._queue: queue.Queue = queue.Queue()
         self._max_batch = max_batch
@@ -113,7 +113,7 @@ class AsyncSummaryWriter:
 
     def add_text(self, tag: str, text: str, step: int) -> None:
         if threading.current_thread() is self._thread:  # from a callback: write in place (also while closing)
-            self._writer.add_text(tag, text, step)
+            self._sink().add_text(tag, text, step)
             return
         self._check_open()
         self._queue.put(_Record("text", step, (tag,), text))
@@ -121,6 +121,11 @@ class AsyncSummaryWriter:
     def add_custom_scalars(self, layout: dict) -> None:
         self._check_open()
         self._queue.put(_Record("layout", 0, (), layout))
+
+    def add_mirror(self, mirror) -> None:
+        """Also send every later scalar batch to `mirror.log(dict, step)` (e.g. W&B), in queue order."""
+        self._check_open()
+        self._queue.put(_Record("mirror", 0, (), mirror))
 
     def flush(self) -> None:
         """Block until everything queued so far is written to disk."""
@@ -137,8 +142,9 @@ class AsyncSummaryWriter:
         self._closed = True
         self._queue.put(_STOP)
         self._thread.join()
-        self._writer.flush()
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.close()
         atexit.unregister(self.close)
         self._check()
 
@@ -184,7 +190,15 @@ class AsyncSummaryWriter:
     def _write(self, r: _Record) -> None:
         if r.event is not None:
             r.event.synchronize()
-        w = self._writer
+        if r.kind == "flush":
+            if self._writer is not None:
+                self._writer.flush()
+            r.payload.set()
+            return
+        if r.kind == "mirror":
+            self._mirrors.append(r.payload)
+            return
+        w = self._sink()
         if r.kind == "scalars":
             tensor_tags, host, plain, deferred = r.payload
             known = dict(zip(tensor_tags, host.tolist())) if host is not None else {}
@@ -206,6 +220,11 @@ class AsyncSummaryWriter:
             w.add_text(r.tags[0], r.payload, r.step)
         elif r.kind == "layout":
             w.add_custom_scalars(r.payload)
-        elif r.kind == "flush":
-            w.flush()
-            r.payload.set()
+
+    def _sink(self):
+        """The SummaryWriter, created on first use (writer thread, or a callback running on it)."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(self.logdir)
+        return self._writer
