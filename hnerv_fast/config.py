@@ -14,10 +14,11 @@ from typing import Any, List, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hnerv_fast.errors import UserError
 from hnerv_fast.health_rules import HealthThresholds
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad configuration; the message names the offending key."""
 
 

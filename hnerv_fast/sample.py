@@ -39,14 +39,14 @@ def _out_kind(path: Path) -> str:
 
 def load_cascade(checkpoint: str | Path, device: torch.device, stages_dir: str | Path | None = None):
     """(stage models coarse to fine ending with ``checkpoint``'s stage, that checkpoint's state)."""
-    from hnerv_fast.train import checkpoint as ckpt
-    from hnerv_fast.train.tasks.cascade import load_stage_model
+    from hnerv_fast.checkpoint_io import CheckpointError
+    from hnerv_fast.models.cascade_io import load_stage_model
 
     checkpoint = Path(checkpoint)
     model, state = load_stage_model(checkpoint, device)
     name, order = state.get("stage"), list(state.get("cascade") or [])
     if name not in order:
-        raise ckpt.CheckpointError(f"{checkpoint} has no cascade order for its stage {name!r}")
+        raise CheckpointError(f"{checkpoint} has no cascade order for its stage {name!r}")
     folder = Path(stages_dir) if stages_dir is not None else checkpoint.parent
     models = [load_stage_model(folder / f"{earlier}_final.pt", device)[0] for earlier in order[: order.index(name)]]
     models.append(model)
@@ -56,6 +56,27 @@ def load_cascade(checkpoint: str | Path, device: torch.device, stages_dir: str |
             raise SampleError(f"stage {m.config.name!r} takes {m.config.num_views} view(s) {m.config.views} at "
                               f"{m.config.xray_size} px but {first.name!r} takes {first.views} at {first.xray_size} px")
     return models, state
+
+
+def pick_device(name: str) -> torch.device:
+    """``--device`` as a torch device. Sampling is one process, so no torchrun rank mapping (the
+    trainer's ``engine.pick_device``); a CUDA device also becomes the current one, as in training."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise SampleError(f"--device {name}: {exc}") from None
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise SampleError(f"--device {name}: no CUDA device is available (use --device auto or cpu)")
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    elif device.index >= torch.cuda.device_count():
+        raise SampleError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    torch.cuda.set_device(device)
+    return device
 
 
 def load_xrays(paths: list[str], views: tuple[str, ...], size: int) -> torch.Tensor:
@@ -93,16 +114,12 @@ def save_volume(volume: np.ndarray, out: Path) -> Path:
 
 def sample(checkpoint: str | Path, xrays: list[str], out: str | Path, steps: int | None = None, seed: int = 0,
            device: str = "auto", stages_dir: str | Path | None = None) -> np.ndarray:
-    from hnerv_fast.models.cascade import sample_cascade
+    from hnerv_fast.models.cascade_diffusion import sample_cascade
     from hnerv_fast.models.diffusion import CosineSchedule
-    from hnerv_fast.train.engine import pick_device
 
     out = Path(out)
     _out_kind(out)  # fail before loading anything
-    try:
-        dev = pick_device(device)
-    except RuntimeError as exc:
-        raise SampleError(f"--device {device}: {exc}") from None
+    dev = pick_device(device)
     models, state = load_cascade(checkpoint, dev, stages_dir)
     cfg = state.get("config", {})
     diffusion = cfg.get("diffusion", {})
@@ -118,8 +135,8 @@ def sample(checkpoint: str | Path, xrays: list[str], out: str | Path, steps: int
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hnerv_fast.checkpoint_io import CheckpointError
     from hnerv_fast.data.ct_folder import CTFolderError
-    from hnerv_fast.train.checkpoint import CheckpointError
 
     parser = argparse.ArgumentParser(prog="python -m hnerv_fast.sample", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -4,10 +4,9 @@
 import pytest
 import torch
 
-from hnerv_fast.models.cascade import (CascadeStage, DepthLift, StageConfig,
-                                       diffusion_and_physics_loss, reference_stage_configs,
-                                       sample_cascade, sample_stage, tiny_stage_configs,
-                                       upsample_volume)
+from hnerv_fast.models.cascade import (CascadeStage, DepthLift, StageConfig, reference_stage_configs,
+                                       tiny_stage_configs, upsample_volume)
+from hnerv_fast.models.cascade_diffusion import diffusion_and_physics_loss, sample_cascade, sample_stage
 from hnerv_fast.models.diffusion import CosineSchedule, q_sample, v_target
 from hnerv_fast.models.drr import drr_views
 from hnerv_fast.models.vit3d import AdaLNBlock, patchify3d, timestep_embedding, unpatchify3d

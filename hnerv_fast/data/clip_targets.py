@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from hnerv_fast.atomic import save_atomic
+from hnerv_fast.errors import UserError
 
 __all__ = [
     "ClipCheckpointError",
@@ -46,7 +47,7 @@ _NO_WEIGHTS = (None, "", "none", "None", "NONE", "random")
 _log = logging.getLogger(__name__)
 
 
-class ClipCheckpointError(RuntimeError):
+class ClipCheckpointError(UserError, RuntimeError):
     """The CLIP model or its weights could not be set up; the message says what to do."""
 
 

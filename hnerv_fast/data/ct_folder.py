@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from hnerv_fast.errors import UserError
+
 __all__ = [
     "CTFolderError",
     "CaseFiles",
@@ -61,7 +63,7 @@ XRAY_EXTS = (".npy", ".png")
 Projector = Callable[[torch.Tensor, str, int], torch.Tensor]
 
 
-class CTFolderError(ValueError):
+class CTFolderError(UserError, ValueError):
     """Bad folder content (empty folder, unreadable file, shape mismatch, missing X-ray...)."""
 
 

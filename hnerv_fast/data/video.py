@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from hnerv_fast.errors import UserError
+
 __all__ = [
     "DataError",
     "IMAGE_SUFFIXES",
@@ -33,7 +35,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SOURCES = ("synthetic", "folder", "video")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data or data configuration; the message names the path or config key."""
 
 

@@ -3,102 +3,44 @@
 One :class:`CascadeStageTask` per stage; `cascade_run.run` trains the stages in order, each with its
 own Engine (AdamW, its own epochs / batch size / lr). Pieces:
 
-* :func:`load_cascade_data` - every case of the run (phantoms or a CT folder) as stacked tensors,
-  loaded up front so bad input fails before anything is written.
+* :func:`load_cascade_data` - every case of the run (:mod:`hnerv_fast.data.cascade_data`), with the
+  physics loss's DRR as the projector of CT cases without X-ray files.
 * :class:`Conditioning` - the previous-stage volume a stage is conditioned on: the ground truth at
   the previous stage's size (``train.conditioning=ground_truth``) or, by default, the volume the
   trained previous stage DDIM-samples from the case's X-rays (``generated``: once per case, cached
   for the whole stage, and recursively through the earlier stages, exactly as at inference).
 * :class:`CascadeStageTask` - forward + loss (``diffusion_and_physics_loss``), the seed tags of
-  tensorboard_cascade.md (names from ``CascadeTags``), validation with fixed (t, noise), DDIM sample
+  docs/tags_cascade.md (names from ``CascadeTags``), validation with fixed (t, noise), DDIM sample
   images, checkpoint names ``{stage}_best.pt`` / ``{stage}_epoch_{N}.pt`` / ``{stage}_final.pt``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from hnerv_fast.checkpoint_io import CheckpointError
 from hnerv_fast.config import CascadeConfig, ConfigError, parse_schedule, to_dict
+from hnerv_fast.data import cascade_data
+from hnerv_fast.data.cascade_data import CascadeData
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
 from hnerv_fast.logging.layouts import CascadeTags as T
-from hnerv_fast.models.cascade import CascadeStage, StageConfig, diffusion_and_physics_loss, sample_stage
+from hnerv_fast.models.cascade import CascadeStage, StageConfig
+from hnerv_fast.models.cascade_diffusion import diffusion_and_physics_loss, sample_stage
+from hnerv_fast.models.cascade_io import load_stage_model
 from hnerv_fast.models.diffusion import CosineSchedule, sample_timesteps
-from hnerv_fast.train import checkpoint as ckpt
+from hnerv_fast.models.drr import drr
 from hnerv_fast.train import distributed, precision
 from hnerv_fast.train.engine import Batch, Task, epoch_batches
 from hnerv_fast.train.health_hook import HealthReporter
 from hnerv_fast.train.schedule import cosine_multiplier
 
-# Data this small (bytes) stays on the accelerator; larger sets stay in pinned host memory and each
-# batch is copied over (non_blocking).
-DEVICE_DATA_LIMIT = 2 << 30
-
 
 # ------------------------------------------------------------------------------------------- data
-@dataclass
-class CascadeData:
-    """All cases of a run. ``volumes[S]`` is ``[N, 1, S, S, S]``; rows index the cases."""
-
-    names: list[str]
-    xrays: torch.Tensor  # [N, V, X, X]
-    volumes: dict[int, torch.Tensor]
-    train_rows: torch.Tensor  # long, on the storage device
-    val_rows: torch.Tensor
-    views: tuple[str, ...]
-    device: torch.device  # where the tensors live (the training device, or pinned host memory)
-
-    def to_device(self, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-        return tensor if tensor.device == device else tensor.to(device, non_blocking=True)
-
-
-def _stack_items(items: list[dict], sizes: list[int]) -> tuple[list[str], torch.Tensor, dict[int, torch.Tensor]]:
-    names = [it["name"] for it in items]
-    xrays = torch.stack([it["xrays"] for it in items]).float()
-    volumes = {s: torch.stack([it["volumes"][s] for it in items]).float() for s in sizes}
-    return names, xrays, volumes
-
-
 def load_cascade_data(cfg: CascadeConfig, device: torch.device) -> CascadeData:
-    """Phantoms (the last ``round(val_fraction * num_cases)`` cases, at least one, are validation)
-    or a CT folder (``CTFolderDataset`` split by case). Raises ``CTFolderError`` on bad folders."""
-    d = cfg.data
-    sizes = sorted({cfg.stages[name].size for name in cfg.stages})
-    views = tuple(d.views)
-    if d.source == "phantoms":
-        from hnerv_fast.data.phantoms import phantom_dataset
-
-        ds = phantom_dataset(d.num_cases, sizes=sizes, xray_size=d.xray_size, views=views, seed=d.seed,
-                             cache=False, supersample=d.supersample)
-        items = [ds[i] for i in range(len(ds))]
-        n_val = min(max(1, round(d.val_fraction * d.num_cases)), d.num_cases - 1)
-        n_train = d.num_cases - n_val
-    else:
-        from hnerv_fast.data.ct_folder import CTFolderDataset
-        from hnerv_fast.models.drr import drr
-
-        common = dict(sizes=sizes, xray_size=d.xray_size, views=views, val_fraction=d.val_fraction,
-                      seed=d.seed, project=drr, cache=False)
-        train = CTFolderDataset(d.root, split="train", **common)
-        val = CTFolderDataset(d.root, split="val", **common)
-        items = [train[i] for i in range(len(train))] + [val[i] for i in range(len(val))]
-        n_train, n_val = len(train), len(val)
-    names, xrays, volumes = _stack_items(items, sizes)
-    expected = (len(views), d.xray_size, d.xray_size)
-    if tuple(xrays.shape[1:]) != expected:
-        raise ConfigError(f"data.xray_size / data.views: X-rays are {list(xrays.shape[1:])}, expected {list(expected)}")
-    nbytes = xrays.numel() * 4 + sum(v.numel() * 4 for v in volumes.values())
-    storage = device if device.type == "cpu" or nbytes <= DEVICE_DATA_LIMIT else torch.device("cpu")
-    pin = device.type == "cuda" and storage.type == "cpu"
-
-    def place(t: torch.Tensor) -> torch.Tensor:
-        return t.pin_memory() if pin else t.to(storage)
-
-    rows = torch.arange(n_train + n_val, device=storage)
-    return CascadeData(names, place(xrays), {s: place(v) for s, v in volumes.items()}, rows[:n_train],
-                       rows[n_train:], views, storage)
+    """All cases of the run; the data layer gets the DRR (models/) it projects X-ray-less CT cases with."""
+    return cascade_data.load_cascade_data(cfg, device, project=drr)
 
 
 # ------------------------------------------------------------------------------------- stages
@@ -113,25 +55,6 @@ def stage_config(cfg: CascadeConfig, name: str) -> StageConfig:
                            cross_attention=s.cross_attention, grad_checkpointing=s.grad_checkpointing)
     except ValueError as exc:
         raise ConfigError(f"stages.{name}: {exc}") from None
-
-
-def load_stage_model(path: str | Path, device: torch.device) -> tuple[CascadeStage, dict[str, Any]]:
-    """A trained stage from one of its checkpoints (the stage config stored in it builds the model)."""
-    state = ckpt.load(path, map_location=device)
-    if "stage_config" not in state:
-        raise ckpt.CheckpointError(f"{path} is not a cascade stage checkpoint (no 'stage_config')")
-    try:
-        model = CascadeStage(StageConfig.from_dict(state["stage_config"])).to(device)
-        model.load_state_dict(state["model_state_dict"])
-    except (KeyError, ValueError, RuntimeError) as exc:
-        raise ckpt.CheckpointError(f"cannot build the stage model of {path}: {str(exc).splitlines()[0]}") from exc
-    model.eval()
-    return model, state
-
-
-def autocast(cfg: CascadeConfig, device: torch.device):
-    """Same autocast as the engine's step for the no-grad passes done outside it."""
-    return precision.autocast(precision.resolve_amp(cfg.train.amp, device), device)
 
 
 def _seed(*parts: int) -> int:
@@ -162,6 +85,7 @@ class Conditioning:
         self.models: dict[str, CascadeStage] = {}
         self._cache: dict[str, torch.Tensor] = {}
         self.schedule = CosineSchedule(cfg.diffusion.timesteps, device=device)
+        self.amp = precision.resolve_amp(cfg.train.amp, device)  # the engine's precision, as at training
 
     def previous(self, name: str) -> str | None:
         k = self.order.index(name)
@@ -177,7 +101,7 @@ class Conditioning:
         for earlier in self.order[: self.order.index(name)]:
             path = self.final_path(earlier)
             if not path.is_file() and earlier not in self.models:
-                raise ckpt.CheckpointError(
+                raise CheckpointError(
                     f"checkpoint not found: {path} (train.conditioning=generated: stage {name!r} is conditioned on "
                     f"volumes generated by {earlier!r}; train {earlier!r} first or set train.conditioning=ground_truth)")
 
@@ -204,13 +128,13 @@ class Conditioning:
         chunk = self.cfg.stage_engine(name).batch_size
         gen = _generator(self.device, self.cfg.train.seed, self.order.index(name), 7)
         out = []
-        with autocast(self.cfg, self.device):
+        with precision.autocast(self.amp, self.device):
             for start in range(0, n, chunk):
                 rows = torch.arange(start, min(n, start + chunk), device=d.device)
                 x_T = torch.randn((len(rows), 1, size, size, size), generator=gen, device=self.device)
                 xr = d.to_device(d.xrays[rows], self.device)
                 prev = None if cond is None else d.to_device(cond[rows], self.device)
-                vol = _ddim(model, self.schedule, xr, prev, self.cfg.diffusion.ddim_steps, x_T)
+                vol = sample_stage(model, self.schedule, xr, prev, self.cfg.diffusion.ddim_steps, x_T=x_T)
                 out.append(vol.float().to(d.device))
         model.train(was_training)
         result = torch.cat(out)
@@ -218,14 +142,6 @@ class Conditioning:
             result = result.pin_memory()
         self._cache[name] = result
         return result
-
-
-@torch.no_grad()
-def _ddim(model: CascadeStage, schedule: CosineSchedule, xrays, prev, steps: int, x_T: torch.Tensor):
-    from hnerv_fast.models.diffusion import ddim_sample
-
-    return ddim_sample(lambda x, t: model(x, t, xrays, prev), x_T.shape, steps, schedule, x_T=x_T,
-                       device=x_T.device, dtype=torch.float32, clip_x0=(0.0, 1.0))
 
 
 # --------------------------------------------------------------------------------------- task
@@ -243,6 +159,8 @@ class CascadeStageTask(Task):
         self.views = tuple(cfg.data.views)
         self.model = CascadeStage(self.stage_config).to(device)
         self.schedule = CosineSchedule(cfg.diffusion.timesteps, device=device)
+        # the engine's precision (it resolves engine_cfg.amp the same way) for the no-grad passes outside its step
+        self.amp = precision.resolve_amp(self.engine_cfg.amp, device)
         self.physics_weight = float(cfg.diffusion.physics_weight)
         self.lr_schedule = None if cfg.train.lr_schedule == "constant" else parse_schedule(cfg.train.lr_schedule)
         self.val_loss: float | None = None
@@ -345,7 +263,7 @@ class CascadeStageTask(Task):
             x0, xrays, prev = self._inputs(rows)
             gen = _generator(self.device, self.cfg.train.seed, self.stage_index, 13, j)
             noise = torch.randn(x0.shape, generator=gen, device=self.device)
-            with autocast(self.cfg, self.device):
+            with precision.autocast(self.amp, self.device):
                 losses = diffusion_and_physics_loss(
                     self.model, self.schedule, x0, xrays, self.views, prev, self.physics_weight,
                     t=self.val_t[start:start + chunk], noise=noise, physics_at=self.cfg.diffusion.physics_at)
@@ -362,8 +280,9 @@ class CascadeStageTask(Task):
         gen = _generator(self.device, self.cfg.train.seed, self.stage_index, 17)
         x_T = torch.randn(x0.shape, generator=gen, device=self.device)
         self.model.eval()
-        with autocast(self.cfg, self.device):
-            sample = _ddim(self.model, self.schedule, xrays, prev, self.cfg.diffusion.ddim_steps, x_T).float()
+        with precision.autocast(self.amp, self.device):
+            sample = sample_stage(self.model, self.schedule, xrays, prev, self.cfg.diffusion.ddim_steps,
+                                  x_T=x_T).float()
         self.model.train()
         mid = self.size // 2
         for i, row in enumerate(rows.tolist()):
