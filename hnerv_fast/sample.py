@@ -21,8 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hnerv_fast.device import resolve_device
+from hnerv_fast.errors import UserError
 
-class SampleError(ValueError):
+
+class SampleError(UserError, ValueError):
     """Bad input to the sampler (X-ray files, output name, cascade checkpoints)."""
 
 
@@ -56,27 +59,6 @@ def load_cascade(checkpoint: str | Path, device: torch.device, stages_dir: str |
             raise SampleError(f"stage {m.config.name!r} takes {m.config.num_views} view(s) {m.config.views} at "
                               f"{m.config.xray_size} px but {first.name!r} takes {first.views} at {first.xray_size} px")
     return models, state
-
-
-def pick_device(name: str) -> torch.device:
-    """``--device`` as a torch device. Sampling is one process, so no torchrun rank mapping (the
-    trainer's ``engine.pick_device``); a CUDA device also becomes the current one, as in training."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise SampleError(f"--device {name}: {exc}") from None
-    if device.type != "cuda":
-        return device
-    if not torch.cuda.is_available():
-        raise SampleError(f"--device {name}: no CUDA device is available (use --device auto or cpu)")
-    if device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    elif device.index >= torch.cuda.device_count():
-        raise SampleError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    torch.cuda.set_device(device)
-    return device
 
 
 def load_xrays(paths: list[str], views: tuple[str, ...], size: int) -> torch.Tensor:
@@ -119,7 +101,7 @@ def sample(checkpoint: str | Path, xrays: list[str], out: str | Path, steps: int
 
     out = Path(out)
     _out_kind(out)  # fail before loading anything
-    dev = pick_device(device)
+    dev = resolve_device(device, "--device")
     models, state = load_cascade(checkpoint, dev, stages_dir)
     cfg = state.get("config", {})
     diffusion = cfg.get("diffusion", {})
@@ -135,9 +117,6 @@ def sample(checkpoint: str | Path, xrays: list[str], out: str | Path, steps: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hnerv_fast.checkpoint_io import CheckpointError
-    from hnerv_fast.data.ct_folder import CTFolderError
-
     parser = argparse.ArgumentParser(prog="python -m hnerv_fast.sample", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="stage checkpoint, e.g. checkpoints/stage_256_final.pt")
@@ -155,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must be >= 1")
     try:
         volume = sample(args.checkpoint, args.xray, args.out, args.steps, args.seed, args.device, args.stages_dir)
-    except (SampleError, CheckpointError, CTFolderError) as exc:
+    except UserError as exc:
         message = str(exc).strip().splitlines()
         print(f"error: {message[0] if message else repr(exc)}", file=sys.stderr)
         return 2

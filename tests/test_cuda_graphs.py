@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from hnerv_fast.config import load_config
+from hnerv_fast.device import DeviceError
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
 from hnerv_fast.logging.layouts import CascadeTags, PerfTags
 from hnerv_fast.train.engine import Engine, pick_device, seed_everything
@@ -90,7 +91,7 @@ def test_cuda_device_becomes_the_current_device(monkeypatch):
     assert pick_device("cuda:2") == torch.device("cuda", 2)
     assert pick_device("cuda") == torch.device("cuda", 0)
     assert pick_device("cpu") == torch.device("cpu")
-    with pytest.raises(RuntimeError, match="4 CUDA device"):
+    with pytest.raises(DeviceError, match="4 CUDA device"):  # bad input: one line, exit 2
         pick_device("cuda:4")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")

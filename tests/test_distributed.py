@@ -22,7 +22,7 @@ from hnerv_fast.logging.layouts import DualTags as T
 from hnerv_fast.train import checkpoint as ckpt
 from hnerv_fast.train import distributed
 from hnerv_fast.train.engine import epoch_batches
-from hnerv_fast.train.runner import run
+from hnerv_fast.train.trainer import run
 from tests.event_files import load_events, scalar_series
 
 ROOT = Path(__file__).resolve().parents[1]

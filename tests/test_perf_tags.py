@@ -12,7 +12,7 @@ from hnerv_fast.config import load_config
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
 from hnerv_fast.logging.layouts import CascadeTags, PerfTags
 from hnerv_fast.train.perf import EpochMeter
-from hnerv_fast.train.runner import run
+from hnerv_fast.train.trainer import run
 from tests.event_files import custom_scalar_layout, load_events, scalar_series
 
 DUAL = ["model.embed=pe_1.25_8", "model.fc_dim=16", "model.lower_width=8", "train.epochs=2",

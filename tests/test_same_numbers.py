@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hnerv_fast.config import load_config
-from hnerv_fast.train.runner import run
+from hnerv_fast.train.trainer import run
 from tests.event_files import load_events
 
 GOLDEN = Path(__file__).parent / "golden" / "short_runs.json"

@@ -12,7 +12,7 @@ import pytest
 from hnerv_fast.config import load_config
 from hnerv_fast.data.phantoms import phantom_dataset
 from hnerv_fast.sample import main
-from hnerv_fast.train.runner import run
+from hnerv_fast.train.trainer import run
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "configs/cascade_tiny.yaml"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from hnerv_fast.config import load_config
-from hnerv_fast.train.runner import run
+from hnerv_fast.train.trainer import run
 from tests.event_files import load_events
 
 PER_STEP = ["train_loss_step", "train_diffusion_step", "train_physics_step"]

@@ -13,7 +13,7 @@ import torch
 from hnerv_fast.config import CascadeConfig, ConfigError, load_config
 from hnerv_fast.logging.layouts import CascadeTags as T
 from hnerv_fast.train import checkpoint as ckpt
-from hnerv_fast.train.runner import run, run_from_args
+from hnerv_fast.train.trainer import run, run_from_args
 from tests.event_files import custom_scalar_layout, load_events, scalar_series
 
 TINY = "configs/cascade_tiny.yaml"
@@ -268,7 +268,7 @@ def test_wandb_missing_warns_once_and_trains(tmp_path, monkeypatch):
 
 
 def test_wandb_mirror_axes():
-    from hnerv_fast.train.tasks.cascade_run import WandbMirror
+    from hnerv_fast.logging.wandb_mirror import WandbMirror
 
     class FakeRun:
         def __init__(self):

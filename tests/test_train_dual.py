@@ -13,7 +13,7 @@ import torch
 from hnerv_fast.config import load_config
 from hnerv_fast.logging.layouts import DualTags as T
 from hnerv_fast.train import checkpoint as ckpt
-from hnerv_fast.train.runner import run, run_from_args
+from hnerv_fast.train.trainer import run, run_from_args
 from hnerv_fast.train.tasks.dual_hnerv import run_dir
 from tests.event_files import custom_scalar_layout, load_events, scalar_series
 
@@ -201,10 +201,11 @@ def test_resume_continues_exactly(tmp_path, clip_cache):
 
 # ------------------------------------------------------------------------------- bad input
 def _assert_clean_failure(code, capsys, pattern, out_dir: Path):
-    assert code != 0
+    """Exit 2 with one line naming the problem, and no file written (no checkpoint, config.yaml or event file)."""
+    assert code == 2
     err = capsys.readouterr().err
-    assert pattern in err, err
-    assert not list(out_dir.rglob("*.pt")) if out_dir.exists() else True
+    assert pattern in err and "Traceback" not in err, err
+    assert not [p for p in out_dir.rglob("*") if p.is_file()] if out_dir.exists() else True
 
 
 def test_unknown_config_key_via_cli(tmp_path):
@@ -219,7 +220,13 @@ def test_unknown_config_key_via_cli(tmp_path):
 
 def test_decoder_output_not_patch_size(tmp_path, clip_cache, capsys):
     code = run_from_args(TINY, overrides(tmp_path, clip_cache, "model.dec_strds=[2,2]"), None)
-    _assert_clean_failure(code, capsys, "model.fc_hw / model.dec_strds", tmp_path)
+    _assert_clean_failure(code, capsys, "model.fc_hw / model.dec_strds", tmp_path / "out")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_cuda(tmp_path, clip_cache, capsys):
+    code = run_from_args(TINY, overrides(tmp_path, clip_cache, "train.device=cuda"), None)
+    _assert_clean_failure(code, capsys, "train.device=cuda but no CUDA device is available", tmp_path / "out")
 
 
 def test_empty_frame_folder(tmp_path, clip_cache, capsys):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hnerv_fast.train.runner import run_from_args
+from hnerv_fast.train.trainer import run_from_args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ Under `torchrun --nproc_per_node=N -m hnerv_fast.train ...`:
 * :func:`wrap_model` puts the model in :class:`DDP` (gradients are averaged over ranks in backward);
 * :func:`shard_rows` picks a rank's rows of a global batch, :func:`all_reduce_mean_` averages the
   per-epoch metric sums on device (one collective per epoch, outside the step);
-* rank 0 alone writes logs, config.yaml and checkpoints (:func:`is_main`, :class:`NullWriter`).
+* rank 0 alone writes logs, config.yaml and checkpoints (:func:`is_main`, :class:`hnerv_fast.logging.null_writer.NullWriter`).
 """
 from __future__ import annotations
 
@@ -168,38 +168,3 @@ def broadcast_object(value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-class NullWriter:
-    """What ranks other than 0 log into: the AsyncSummaryWriter interface, discarding everything
-    (callbacks such as epoch lines and health warnings do not run either)."""
-
-    def __init__(self) -> None:
-        self.latest: dict[str, float] = {}
-
-    def add_scalars(self, step, values, callback=None) -> None:
-        pass
-
-    def add_histogram(self, tag, values, step) -> None:
-        pass
-
-    def add_image(self, tag, image, step) -> None:
-        pass
-
-    def add_text(self, tag, text, step) -> None:
-        pass
-
-    def add_custom_scalars(self, layout) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> "NullWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass

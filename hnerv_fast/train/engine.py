@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from hnerv_fast.config import ConfigError, EngineConfig
+from hnerv_fast.device import resolve_device
 from hnerv_fast.ops import grouped_grad_norms
 from hnerv_fast.train import checkpoint as ckpt
 from hnerv_fast.train import distributed, precision
@@ -48,28 +49,16 @@ from hnerv_fast.train.perf import EpochMeter
 
 
 def pick_device(name: str) -> torch.device:
-    """The run's device, with its index on GPU (cuda:N), which also becomes the current CUDA device: code
-    that uses the current device (CUDA events, Triton launches, the async writer) then follows train.device.
-    Under torchrun, `auto` / `cuda` mean this rank's GPU (cuda:LOCAL_RANK)."""
+    """The run's device (`resolve_device`); under torchrun, `auto` / `cuda` mean this rank's GPU (cuda:LOCAL_RANK)."""
     several = distributed.world_size() > 1
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type != "cuda":
-        return device
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name} but no CUDA device is available (use train.device=auto or cpu)")
-    if several:
-        if device.index is not None:
-            raise ConfigError(f"train.device={name} would put every torchrun rank on the same GPU; use "
-                              f"train.device=auto or cuda (rank i uses cuda:LOCAL_RANK)")
+    if several and name.startswith("cuda:"):
+        raise ConfigError(f"train.device={name} would put every torchrun rank on the same GPU; use "
+                          f"train.device=auto or cuda (rank i uses cuda:LOCAL_RANK)")
+    if several and name in ("auto", "cuda") and torch.cuda.is_available():
         device = distributed.cuda_device_for_rank(name)
-    elif device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    elif device.index >= torch.cuda.device_count():
-        raise RuntimeError(f"train.device={name} but only {torch.cuda.device_count()} CUDA device(s) are visible")
-    torch.cuda.set_device(device)
-    return device
+        torch.cuda.set_device(device)
+        return device
+    return resolve_device(name, "train.device")
 
 
 # On CPU torch.compile costs ~25 s (dual default model, 2 cores) and saves ~8 % of a step (22-28 ms of

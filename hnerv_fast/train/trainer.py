@@ -1,0 +1,72 @@
+"""The one place that composes a training run: device, seeds, ops backend, the task's plan (registry entry),
+config.yaml, the writer (or a NullWriter off rank 0) with its mirrors, and the fit loop.
+
+Under torchrun (WORLD_SIZE > 1) the run happens inside a process group (train/distributed.py); bad input
+(`UserError`) is reported by rank 0 only, as one line, and every rank exits with code 2."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hnerv_fast.config import load_config, to_yaml
+from hnerv_fast.errors import UserError
+from hnerv_fast.logging.async_writer import AsyncSummaryWriter
+from hnerv_fast.logging.null_writer import NullWriter
+from hnerv_fast.ops import set_backend
+from hnerv_fast.train import distributed
+from hnerv_fast.train.engine import pick_device, seed_everything
+from hnerv_fast.train.registry import BUILDERS
+
+
+def run(cfg, resume: str | None = None) -> Path:
+    """Trains `cfg` (resuming from a checkpoint path, or "latest"); returns the checkpoint folder."""
+    device = pick_device(cfg.train.device)
+    with distributed.process_group(device, cfg.train.dist_timeout_s), distributed.rank0_reports((UserError,)):
+        seed_everything(cfg.train.seed, cfg.train.deterministic)
+        set_backend(cfg.ops.backend)
+        plan = BUILDERS[cfg.task](cfg, device, resume)
+        main = distributed.is_main()  # rank 0 alone writes config, logs and checkpoints
+        mirrors = []
+        try:
+            with AsyncSummaryWriter(str(plan.logdir)) if main else NullWriter() as writer:
+                fits = plan.fits(writer)
+                engine = next(fits)  # data, CLIP targets, resume: bad input fails before anything is written
+                if main:
+                    write_config(plan.cfg, plan.config_dir)
+                    mirrors = plan.mirrors()
+                    for mirror in mirrors:
+                        writer.add_mirror(mirror)
+                    if plan.banner:
+                        print(plan.banner)
+                writer.add_custom_scalars(plan.layout)
+                while engine is not None:
+                    engine.fit()
+                    engine = next(fits, None)
+        finally:
+            for mirror in mirrors:  # after the writer drained into them
+                mirror.close()
+        if main:
+            print(f"done: checkpoints in {plan.checkpoint_dir}\nTensorBoard logs: {plan.logdir}\n"
+                  f"  view with: tensorboard --logdir {plan.view_dir or plan.logdir}")
+        return plan.checkpoint_dir
+
+
+def run_from_args(config: str, overrides: list[str], resume: str | None) -> int:
+    try:
+        with distributed.rank0_reports((UserError,)):
+            run(load_config(config, overrides), resume)
+    except UserError as exc:
+        where = "" if distributed.is_main() else f" (rank {distributed.rank()})"
+        print(f"error{where}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def write_config(cfg, folder: Path) -> Path:
+    """The resolved config next to the logs (checkpoints carry it too)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.yaml"
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(to_yaml(cfg))
+    tmp.replace(path)
+    return path
