@@ -8,7 +8,7 @@
 import glob
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 
 def _extensions():
@@ -47,4 +47,11 @@ def _extensions():
 
 
 ext_modules, build_ext = _extensions()
-setup(ext_modules=ext_modules, cmdclass={"build_ext": build_ext})
+# kernels/ (the Triton kernels) installs and imports as hnerv_triton: `kernels` is another PyPI package.
+# tools/ (test and docs helpers) stays out of the install.
+setup(
+    packages=find_packages(include=["hnerv_fast", "hnerv_fast.*"]) + ["hnerv_triton"],
+    package_dir={"hnerv_triton": "kernels"},
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": build_ext},
+)

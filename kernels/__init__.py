@@ -1,8 +1,9 @@
-"""Triton kernels of the hnerv_fast fused ops, one module per op family.
+"""Triton kernels of the hnerv_fast fused ops, one module per op family (folder kernels/, imported as
+hnerv_triton: setup.py maps the name, scripts/gpu_check.sh links it when nothing is installed).
 
-    kernels.psnr       per-sample PSNR
-    kernels.ssim       fused SSIM / cs + L1 + L2 statistics and their fused backward
-    kernels.grad_norm  grouped L2 norms over a table of tensor pointers
+    hnerv_triton.psnr       per-sample PSNR
+    hnerv_triton.ssim       fused SSIM / cs + L1 + L2 statistics and their fused backward
+    hnerv_triton.grad_norm  grouped L2 norms over a table of tensor pointers
 
 Each module holds the @triton.jit kernels plus a plain launcher taking and returning tensors.
 They are wrapped as torch custom ops (hnerv_fast_triton::*) by hnerv_fast/ops/_triton_ops.py.

@@ -24,7 +24,9 @@ BUDGET=${BUDGET:-420}
 PARTS=${PARTS:-tests ops dual cascade}
 WHEELS=${WHEELS:-$([ -d .whl ] && echo .whl)}
 unset TRITON_INTERPRET HNERV_FAST_OPS_BACKEND
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# kernels/ imported as hnerv_triton: an install maps that name; without one (NO_INSTALL=1) this link does
+LINKS=$(mktemp -d) && ln -s "$PWD/kernels" "$LINKS/hnerv_triton"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}:$LINKS"
 T0=$(date +%s)
 say() { echo "[gpu-check $(( $(date +%s) - T0 ))s] $*" | tee -a "$OUT/summary.txt"; }
 

@@ -25,7 +25,7 @@ def _cache_info(name):
     """(hits, misses, entries, captured entries) of the backend's table cache."""
     if name == "cuda":
         return tuple(torch.ops.hnerv_fast.grouped_norms_cache_info())
-    from kernels import grad_norm
+    from hnerv_triton import grad_norm
     return grad_norm.cache_info()
 
 
@@ -109,7 +109,7 @@ def test_repeated_calls_read_current_values(backend):
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_table_cache_hits_misses_and_bound():
-    from kernels.grad_norm import TableCache
+    from hnerv_triton.grad_norm import TableCache
 
     cache = TableCache(max_entries=3)
     a = [torch.randn(40_000), torch.randn(7, dtype=torch.float64)]

@@ -12,9 +12,9 @@ import pytest
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
 from hnerv_fast.logging.layouts import DualTags, dual_layout
 from hnerv_fast.tensorboard import (
-    TensorBoardError, _http_ok, chromium_capture, chromium_page_text, find_chromium, get_json, start_tensorboard,
-    stop_tensorboard, tensorboard_server, wait_for_data,
+    TensorBoardError, _http_ok, get_json, start_tensorboard, stop_tensorboard, tensorboard_server, wait_for_data,
 )
+from tools.chromium import chromium_capture, chromium_page_text, find_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = "patch_dual/tiny/synthetic/tensorboard"

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.gpu] if HAS_CUDA else []
 
 if RUN_HERE:
     from hnerv_fast.ops import reference
-    from kernels import ssim as K
+    from hnerv_triton import ssim as K
 
 
 def _forced(h, w, rb, bw, seg):

@@ -4,7 +4,7 @@ Backends:
   reference  plain torch (hnerv_fast/ops/reference.py), always available, any device
   cpp        the C++ CPU kernels of ``hnerv_fast._C`` (CPU tensors)
   cuda       the CUDA kernels of ``hnerv_fast._C_cuda`` (CUDA tensors)
-  triton     the Triton kernels of the top-level ``kernels`` package (CUDA tensors, or CPU tensors
+  triton     the Triton kernels of ``hnerv_triton`` (the kernels/ folder) (CUDA tensors, or CPU tensors
              when TRITON_INTERPRET=1 was set before the first use)
 
 ``set_backend("auto")`` (the default) picks, per device: CPU -> cpp, else reference;

@@ -10,9 +10,9 @@ from typing import List, Tuple
 import torch
 from torch import Tensor
 
-from kernels import grad_norm as _k_grad_norm
-from kernels import psnr as _k_psnr
-from kernels import ssim as _k_ssim
+from hnerv_triton import grad_norm as _k_grad_norm
+from hnerv_triton import psnr as _k_psnr
+from hnerv_triton import ssim as _k_ssim
 
 from .grad_norm import register_grouped_norms_op
 from .pixel_loss import register_ssim_ops

@@ -1,0 +1,1 @@
+"""Developer tools (tests, docs): run from the repository root; not installed with hnerv_fast."""
