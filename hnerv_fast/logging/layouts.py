@@ -4,6 +4,19 @@ Tag strings live here once; tasks, tests and the health report import them.
 """
 from __future__ import annotations
 
+import re
+
+
+def lines(*tags: str) -> list:
+    """A Multiline chart of exactly these tags. TensorBoard reads each entry as a regex and matches it as a
+    prefix, so a bare "Train/Loss/clip_loss" would also plot Train/Loss/clip_loss_weighted: anchor them."""
+    return ["Multiline", [f"^{re.escape(t)}$" for t in tags]]
+
+
+def lines_matching(*patterns: str) -> list:
+    """A Multiline chart of every tag that matches one of these regexes in full."""
+    return ["Multiline", [f"^{p}$" for p in patterns]]
+
 
 class PerfTags:
     """Speed and memory of the training steps, per epoch, in both trainers (the cascade prefixes its stage).
@@ -70,35 +83,35 @@ def dual_layout() -> dict:
     t = DualTags
     return {
         "Overview": {
-            "PSNR (train vs val)": ["Multiline", [t.TRAIN_PSNR, "Eval/Frame/val_psnr"]],
-            "Total loss": ["Multiline", [t.TOTAL_LOSS]],
-            "Learning rate": ["Multiline", [t.LR]],
+            "PSNR (train vs val)": lines(t.TRAIN_PSNR, "Eval/Frame/val_psnr"),
+            "Total loss": lines(t.TOTAL_LOSS),
+            "Learning rate": lines(t.LR),
         },
         "Loss Breakdown": {
-            "Pixel loss": ["Multiline", [t.PIXEL_LOSS]],
-            "CLIP loss": ["Multiline", [t.CLIP_LOSS]],
-            "CLIP loss (weighted)": ["Multiline", [t.CLIP_LOSS_WEIGHTED]],
-            "CLIP loss active": ["Multiline", [t.CLIP_ACTIVE]],
+            "Pixel loss": lines(t.PIXEL_LOSS),
+            "CLIP loss": lines(t.CLIP_LOSS),
+            "CLIP loss (weighted)": lines(t.CLIP_LOSS_WEIGHTED),
+            "CLIP loss active": lines(t.CLIP_ACTIVE),
         },
-        "Gradients": {"Gradient norms": ["Multiline", [r"Train/Gradients/.*"]]},
+        "Gradients": {"Gradient norms": lines_matching(r"Train/Gradients/.*")},
         "Evaluation": {
-            "Frame metrics": ["Multiline", [r"Eval/Frame/.*"]],
-            "Generalization gap": ["Multiline", [r"Eval/Gap/.*"]],
+            "Frame metrics": lines_matching(r"Eval/Frame/.*"),
+            "Generalization gap": lines_matching(r"Eval/Gap/.*"),
         },
         "Statistics": {
-            "PSNR statistics": ["Multiline", [r"Eval/PSNR_Stats/.*"]],
-            "Patch statistics": ["Multiline", [r"Eval/Patch/.*"]],
+            "PSNR statistics": lines_matching(r"Eval/PSNR_Stats/.*"),
+            "Patch statistics": lines_matching(r"Eval/Patch/.*"),
         },
         # Custom Scalars charts only hold scalars, so the histogram category charts the matching
         # distribution summaries (std/min/max); the histograms themselves are in the Histograms tab.
         "Distributions": {
             "PSNR spread (Histograms tab: Eval/Histogram/*)": ["Margin", ["Eval/Frame/val_psnr", "Eval/PSNR_Stats/val_min", "Eval/PSNR_Stats/val_max"]],
-            "CLIP similarity spread": ["Multiline", [r"Eval/Patch/.*clip_sim_std"]],
+            "CLIP similarity spread": lines_matching(r"Eval/Patch/.*clip_sim_std"),
         },
         "Performance": {
-            "Step time (ms)": ["Multiline", [PerfTags.STEP_TIME_MS]],
-            "Samples / s": ["Multiline", [PerfTags.SAMPLES_PER_S]],
-            "Peak memory (MiB)": ["Multiline", [PerfTags.PEAK_MEMORY_MIB]],
+            "Step time (ms)": lines(PerfTags.STEP_TIME_MS),
+            "Samples / s": lines(PerfTags.SAMPLES_PER_S),
+            "Peak memory (MiB)": lines(PerfTags.PEAK_MEMORY_MIB),
         },
     }
 
@@ -120,18 +133,18 @@ class CascadeTags:
 def cascade_layout(stages: list[str]) -> dict:
     tag = CascadeTags.tag
     return {
-        "Losses": {f"{s} train vs val": ["Multiline", [tag(s, "train_loss"), tag(s, "val_loss")]] for s in stages},
+        "Losses": {f"{s} train vs val": lines(tag(s, "train_loss"), tag(s, "val_loss")) for s in stages},
         "Components": {
-            f"{s} diffusion vs physics": ["Multiline", [tag(s, n) for n in ("train_diffusion", "train_physics",
-                                                                             "val_diffusion", "val_physics")]]
+            f"{s} diffusion vs physics": lines(*(tag(s, n) for n in ("train_diffusion", "train_physics",
+                                                                       "val_diffusion", "val_physics")))
             for s in stages
         },
         "Speed and schedule": {
-            "Epoch time": ["Multiline", [tag(s, "epoch_time") for s in stages]],
-            "Learning rate": ["Multiline", [tag(s, "learning_rate") for s in stages]],
+            "Epoch time": lines(*(tag(s, "epoch_time") for s in stages)),
+            "Learning rate": lines(*(tag(s, "learning_rate") for s in stages)),
         },
         "Performance": {
-            title: ["Multiline", [tag(s, name) for s in stages]]
+            title: lines(*(tag(s, name) for s in stages))
             for title, name in (("Step time (ms)", PerfTags.STEP_TIME_MS), ("Samples / s", PerfTags.SAMPLES_PER_S),
                                 ("Peak memory (MiB)", PerfTags.PEAK_MEMORY_MIB))
         },

@@ -1,0 +1,43 @@
+"""Each Custom Scalars chart plots exactly what it names. TensorBoard reads every Multiline entry as a regex and
+matches it from the start of the tag (re.match), so an unanchored "Train/Loss/clip_loss" would also plot
+Train/Loss/clip_loss_weighted."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from hnerv_fast.logging.layouts import CascadeTags, DualTags, cascade_layout, dual_layout
+
+STAGES = ["stage_16", "stage_32"]
+DUAL_TAGS = DualTags.SCALARS + DualTags.PERF
+CASCADE_TAGS = tuple(CascadeTags.tag(s, n) for s in STAGES
+                     for n in CascadeTags.STEP + CascadeTags.EPOCH + tuple(CascadeTags.PERF))
+LAYOUTS = {"dual": (dual_layout(), DUAL_TAGS), "cascade": (cascade_layout(STAGES), CASCADE_TAGS)}
+
+
+def _multiline_charts(layout: dict):
+    for category, charts in layout.items():
+        for title, (kind, entries) in charts.items():
+            if kind == "Multiline":
+                yield f"{category}/{title}", entries
+
+
+def _plotted(entries, tags) -> set[str]:
+    return {t for t in tags if any(re.match(e, t) for e in entries)}
+
+
+def test_the_clip_loss_chart_does_not_plot_the_weighted_loss():
+    charts = dict(_multiline_charts(dual_layout()))
+    assert _plotted(charts["Loss Breakdown/CLIP loss"], DUAL_TAGS) == {"Train/Loss/clip_loss"}
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_every_entry_plots_written_tags_and_a_literal_one_exactly_one(name):
+    layout, tags = LAYOUTS[name]
+    for chart, entries in _multiline_charts(layout):
+        for entry in entries:
+            plotted = _plotted([entry], tags)
+            assert plotted, (chart, entry)
+            if ".*" not in entry:
+                assert len(plotted) == 1, (chart, entry, plotted)
