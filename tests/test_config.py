@@ -1,6 +1,6 @@
 import pytest
 
-from hnerv_fast.config import ConfigError, DualHNeRVConfig, from_dict, load_config, to_dict
+from hnerv_fast.config import ConfigError, Cosine, DataSplit, DualHNeRVConfig, Embed, from_dict, load_config, to_dict
 
 TINY = "configs/dual_hnerv_tiny.yaml"
 
@@ -55,3 +55,48 @@ def test_split_strings_survive_yaml_and_overrides():
     # YAML 1.1 would read 9_9_10 as the integer 9910
     assert load_config(TINY).data.data_split == "9_9_10"
     assert load_config(TINY, ["data.data_split=1_1_1"]).data.data_split == "1_1_1"
+
+
+def test_parsed_values_are_typed_attributes_and_stay_strings_in_dicts():
+    cfg = load_config(TINY, ["data.data_split=2_3_4", "model.embed=pe_1.5_8", "train.lr_schedule=cosine_0.2_2_0.05"])
+    assert cfg.data.split == DataSplit(2, 3, 4)
+    assert cfg.model.embed_spec == Embed(1.5, 8)
+    assert cfg.train.schedule == Cosine(0.2, 2.0, 0.05)
+    d = to_dict(cfg)
+    assert (d["data"]["data_split"], d["model"]["embed"], d["train"]["lr_schedule"]) == (
+        "2_3_4", "pe_1.5_8", "cosine_0.2_2_0.05")
+    assert "split" not in d["data"] and "embed_spec" not in d["model"] and "schedule" not in d["train"]
+    assert from_dict(d).train.schedule == cfg.train.schedule
+
+
+def test_cascade_schedule_constant_is_none():
+    assert load_config("configs/cascade_tiny.yaml").train.schedule is None
+    cfg = load_config("configs/cascade_tiny.yaml", ["train.lr_schedule=cosine_0.1_1_0.1"])
+    assert cfg.train.schedule == Cosine(0.1, 1.0, 0.1)
+    with pytest.raises(ConfigError, match=r"train\.lr_schedule"):
+        load_config("configs/cascade_tiny.yaml", ["train.lr_schedule=step"])
+
+
+def test_config_name_lists_match_their_torch_side_owners():
+    # config keeps torch-free copies so that loading a config imports no torch module
+    from hnerv_fast.config import common, dual
+    from hnerv_fast.models import blocks
+    from hnerv_fast.ops import PIXEL_LOSSES, _backends
+
+    assert dual.PIXEL_LOSSES == PIXEL_LOSSES
+    assert common.OPS_BACKENDS == _backends.BACKENDS
+    assert set(dual.ACTIVATIONS) == set(blocks._ACTIVATIONS)
+
+
+def test_config_imports_no_torch_and_no_train_models_logging():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nimport hnerv_fast.config\n"
+        "bad = [m for m in sys.modules if m == 'torch' or m.split('.')[:2] in "
+        "(['hnerv_fast','train'], ['hnerv_fast','logging'], ['hnerv_fast','models'], ['hnerv_fast','data'])]\n"
+        "assert not bad, bad\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from hnerv_fast.errors import UserError
+from hnerv_fast.names import VIEWS
 
 __all__ = [
     "CTFolderError",
@@ -56,7 +57,6 @@ __all__ = [
     "CTFolderDataset",
 ]
 
-VIEWS = ("frontal", "lateral")
 VOLUME_EXTS = (".nii.gz", ".nii", ".npy")
 XRAY_EXTS = (".npy", ".png")
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
+from hnerv_fast.config.dual import DataSplit, parse_data_split
 from hnerv_fast.data.video import DataError
 
 __all__ = [
     "PatchGrid",
-    "parse_data_split",
     "split_frames",
     "to_patches",
     "from_patches",
@@ -59,30 +59,8 @@ class PatchGrid:
 # --------------------------------------------------------------------------------------------
 # frame split
 # --------------------------------------------------------------------------------------------
-def parse_data_split(data_split: str) -> tuple[int, int, int]:
-    """Parse ``"a_b_c"`` into ints with ``1 <= a <= b <= c``; DataError (a ValueError) naming data.data_split."""
-    parts = str(data_split).split("_")
-    try:
-        if len(parts) != 3:
-            raise ValueError
-        a, b, c = (int(p) for p in parts)
-    except ValueError:
-        raise DataError(
-            f"data.data_split must be 'a_b_c' with three ints (e.g. '9_10_10'), got {data_split!r}"
-        ) from None
-    if c <= 0:
-        raise DataError(f"data.data_split {data_split!r}: c must be > 0")
-    if a <= 0:
-        raise DataError(f"data.data_split {data_split!r}: a must be >= 1 (a=0 gives no training frames)")
-    if a > b:
-        raise DataError(f"data.data_split {data_split!r}: need a <= b, got a={a} > b={b}")
-    if b > c:
-        raise DataError(f"data.data_split {data_split!r}: need b <= c, got b={b} > c={c}")
-    return a, b, c
-
-
 def split_frames(
-    num_frames: int, data_split: str = "9_10_10", shuffle: bool = False, seed: int = 0
+    num_frames: int, data_split: DataSplit | str = "9_10_10", shuffle: bool = False, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Split frames into ``(train_frame_ids, val_frame_ids)``, both int64 and sorted ascending.
 
@@ -101,7 +79,8 @@ def split_frames(
     """
     if not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames <= 0:
         raise DataError(f"split_frames: num_frames must be a positive int, got {num_frames!r}")
-    a, b, c = parse_data_split(data_split)
+    # the trainer passes the config's parsed `data.split`; a string is parsed by the config's one parser
+    a, b, c = data_split if isinstance(data_split, DataSplit) else parse_data_split(data_split)
     if shuffle:
         g = torch.Generator().manual_seed(int(seed))
         order = torch.randperm(num_frames, generator=g)

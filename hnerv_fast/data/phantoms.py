@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from hnerv_fast.names import VIEWS
+
 __all__ = [
     "Ellipsoid",
     "random_head_phantom",
@@ -50,7 +52,6 @@ __all__ = [
     "phantom_dataset",
 ]
 
-VIEWS = ("frontal", "lateral")
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from hnerv_fast.errors import UserError
+from hnerv_fast.names import VIDEO_SOURCES
 
 __all__ = [
     "DataError",
     "IMAGE_SUFFIXES",
-    "SOURCES",
     "synthetic_video",
     "load_frame_folder",
     "load_video_file",
@@ -32,7 +32,6 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-SOURCES = ("synthetic", "folder", "video")
 
 
 class DataError(UserError, ValueError):
@@ -269,7 +268,7 @@ def load_frames(
         else:
             frames = load_video_file(path, max_frames=max_frames)
     else:
-        raise DataError(f"unknown data.source {source!r}; expected one of {', '.join(SOURCES)}")
+        raise DataError(f"unknown data.source {source!r}; expected one of {', '.join(VIDEO_SOURCES)}")
     if resize is not None:
         frames = resize_frames(frames, resize)
     return frames

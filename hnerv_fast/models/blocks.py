@@ -6,7 +6,9 @@ import math
 import torch
 from torch import nn
 
-_ACTIVATIONS = {
+from hnerv_fast.names import ACTIVATIONS
+
+_ACTIVATIONS = {  # keys: names.ACTIVATIONS (tests/test_config.py)
     "gelu": nn.GELU,
     "relu": nn.ReLU,
     "silu": nn.SiLU,
@@ -15,8 +17,8 @@ _ACTIVATIONS = {
 
 
 def activation(name: str) -> nn.Module:
-    if name not in _ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(_ACTIVATIONS)}")
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
     return _ACTIVATIONS[name]()
 
 

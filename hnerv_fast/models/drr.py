@@ -30,9 +30,10 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from hnerv_fast.names import VIEWS
+
 __all__ = ["VIEWS", "drr", "drr_views", "projection_plane", "physics_loss"]
 
-VIEWS = ("frontal", "lateral")
 
 
 def _check_view(view: str) -> str:

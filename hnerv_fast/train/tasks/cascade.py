@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from hnerv_fast.checkpoint_io import CheckpointError
-from hnerv_fast.config import CascadeConfig, ConfigError, parse_schedule, to_dict
+from hnerv_fast.config import CascadeConfig, ConfigError, to_dict
 from hnerv_fast.data import cascade_data
 from hnerv_fast.data.cascade_data import CascadeData
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
@@ -162,7 +162,6 @@ class CascadeStageTask(Task):
         # the engine's precision (it resolves engine_cfg.amp the same way) for the no-grad passes outside its step
         self.amp = precision.resolve_amp(self.engine_cfg.amp, device)
         self.physics_weight = float(cfg.diffusion.physics_weight)
-        self.lr_schedule = None if cfg.train.lr_schedule == "constant" else parse_schedule(cfg.train.lr_schedule)
         self.val_loss: float | None = None
         self.best_val_loss: float | None = None
         self._tags_step = [T.tag(name, n) for n in T.STEP]
@@ -182,7 +181,8 @@ class CascadeStageTask(Task):
                                  fused=True)
 
     def lr_multiplier(self, progress: float) -> float:
-        return 1.0 if self.lr_schedule is None else cosine_multiplier(progress, *self.lr_schedule)
+        schedule = self.cfg.train.schedule
+        return 1.0 if schedule is None else cosine_multiplier(progress, *schedule)
 
     def grad_groups(self):
         return {"model": list(self.model.parameters())}

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hnerv_fast.config import ConfigError, DualHNeRVConfig, parse_embed, parse_schedule, to_dict
+from hnerv_fast.config import ConfigError, DualHNeRVConfig, to_dict
 from hnerv_fast.data.clip_targets import clip_patch_targets
 from hnerv_fast.data.patches import PatchGrid, from_patches, patch_coords, sample_ids, split_frames, to_patches
 from hnerv_fast.data.video import load_frames
@@ -38,12 +38,11 @@ def run_dir(cfg: DualHNeRVConfig) -> Path:
 def build_spec(cfg: DualHNeRVConfig, frame_hw: tuple[int, int], patch_hw: tuple[int, int]) -> DualHNeRVSpec:
     """The model spec; ConfigError when the decoder's output is not the patch size. `clip_dim` is set
     later from the CLIP targets (dataclasses.replace), so this check runs before the CLIP encoder does."""
-    base, levels = parse_embed(cfg.model.embed)
     m = cfg.model
     spec = DualHNeRVSpec(
-        pe_base=base, pe_levels=levels, fc_dim=m.fc_dim, fc_hw=tuple(m.fc_hw), dec_strds=tuple(m.dec_strds),
-        ks_min=m.ks_min, ks_max=m.ks_max, reduce=m.reduce, lower_width=m.lower_width, act=m.act,
-        out_act=m.out_act,
+        pe_base=m.embed_spec.base, pe_levels=m.embed_spec.levels, fc_dim=m.fc_dim, fc_hw=tuple(m.fc_hw),
+        dec_strds=tuple(m.dec_strds), ks_min=m.ks_min, ks_max=m.ks_max, reduce=m.reduce, lower_width=m.lower_width,
+        act=m.act, out_act=m.out_act,
     )
     if spec.output_size() != tuple(patch_hw):
         raise ConfigError(
@@ -66,7 +65,7 @@ class DualHNeRVTask(Task):
         num_frames, _, height, width = frames.shape
         patch_hw = self.grid.patch_size(height, width)
         patches_cpu = to_patches(frames, self.grid)
-        train_frames, val_frames = split_frames(num_frames, d.data_split, d.shuffle, d.seed)
+        train_frames, val_frames = split_frames(num_frames, d.split, d.shuffle, d.seed)
         if len(train_frames) == 0:
             raise ConfigError(f"data.data_split: {d.data_split!r} leaves no training frame out of {num_frames}")
         self.split_frames = {"train": train_frames.to(device), "val": val_frames.to(device)}
@@ -82,7 +81,6 @@ class DualHNeRVTask(Task):
         self.clip_targets = targets.to(device)
         self.model = DualHNeRV(spec).to(device)
         self.clip_active = torch.zeros((), device=device)
-        self.schedule = parse_schedule(cfg.train.lr_schedule)
         self.health = HealthReporter(cfg.health)
         self._eval_batch = self._eval_batch_eager  # the engine swaps in its compiled version
 
@@ -91,7 +89,7 @@ class DualHNeRVTask(Task):
         return torch.optim.Adam(self.model.parameters(), lr=lr, betas=tuple(self.cfg.train.betas), fused=True)
 
     def lr_multiplier(self, progress: float) -> float:
-        return cosine_multiplier(progress, *self.schedule)
+        return cosine_multiplier(progress, *self.cfg.train.schedule)
 
     def grad_groups(self):
         return self.model.param_groups()
