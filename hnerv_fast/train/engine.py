@@ -4,8 +4,8 @@ The engine never names a model; it talks to a `Task`. Hot-loop rules (ARCHITECTU
 or host copies in the step; metrics are one device vector per step, summed on device per epoch and
 handed to the async logger as tensors; the learning rate is a tensor, so schedule changes don't recompile.
 
-Data parallel (torchrun, see train/distributed.py): the engine wraps `task.model` in DDP and hands the
-wrapper to the task as `task.ddp_model` (so `task.train_model` is what the step's forward calls);
+Data parallel (torchrun, see train/distributed.py): the engine wraps `task.model` in DDP and passes the
+wrapper to `task.forward_loss` as the module to call (its backward hooks average the gradients over ranks);
 `epoch_batches` gives each rank its shard of every global batch; per-epoch metric sums are averaged over
 ranks before `end_epoch`; only rank 0 shows progress and writes checkpoints.
 
@@ -157,13 +157,6 @@ class Task(ABC):
 
     model: nn.Module
     metric_names: tuple[str, ...]  # order of the vector returned by forward_loss
-    ddp_model: nn.Module | None = None  # set by the Engine under torchrun: `model` in DDP
-
-    @property
-    def train_model(self) -> nn.Module:
-        """The module `forward_loss` must call: the DDP wrapper under torchrun (its backward hooks
-        average the gradients over ranks), else `model`. Eval, logging and checkpoints use `model`."""
-        return self.model if self.ddp_model is None else self.ddp_model
 
     @abstractmethod
     def train_batches(self, epoch: int) -> list[Any]:
@@ -171,8 +164,9 @@ class Task(ABC):
         step and the same count on every rank (see `epoch_batches`)."""
 
     @abstractmethod
-    def forward_loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scalar loss to minimise, 1-D metric vector matching `metric_names`). Pure tensor code."""
+    def forward_loss(self, batch: Any, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scalar loss to minimise, 1-D metric vector matching `metric_names`). Pure tensor code. `model` is
+        what to call: `self.model`, or it in DDP under torchrun. Eval, logging and checkpoints use `self.model`."""
 
     @abstractmethod
     def grad_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -243,7 +237,7 @@ class Engine:
         self.compile_mode = resolve_compile_mode(cfg.compile, device, planned_steps)
         # DDP wraps the model before the forward is compiled (torch's recommended order).
         self.ddp = distributed.wrap_model(task.model, device)
-        task.ddp_model = self.ddp
+        self.train_model = task.model if self.ddp is None else self.ddp  # what the step's forward calls
         # Gradients exist before any capture: a captured backward then accumulates into them in place.
         # (Every parameter gets a gradient each step anyway, so zeros change no update.)
         for p in task.model.parameters():
@@ -270,7 +264,7 @@ class Engine:
 
     def _forward_eager(self, batch):
         with precision.autocast(self.amp, self.device):
-            return self.task.forward_loss(batch)
+            return self.task.forward_loss(batch, self.train_model)
 
     def train_step(self, *micro_batches) -> tuple[torch.Tensor, torch.Tensor]:
         """forward + loss, backward (per micro-batch: gradient accumulation), grouped grad norms

@@ -205,7 +205,7 @@ class CascadeStageTask(Task):
         prev = None if self.prev is None else d.to_device(self.prev[rows], dev)
         return x0, xrays, prev
 
-    def forward_loss(self, batch: Batch):
+    def forward_loss(self, batch: Batch, model: torch.nn.Module):
         # Padding rows of a partial last batch (drop_last=false) count like the others: the stage loss is a
         # batch mean. t and noise come from the global RNG (saved in checkpoints: resume is exact), drawn
         # for the global batch of all ranks and sliced: ranks never share noise, and N ranks x B rows draw
@@ -215,7 +215,7 @@ class CascadeStageTask(Task):
         t = sample_timesteps(batch.global_size, self.schedule, device=x0.device)[rows]
         noise = torch.randn((batch.global_size, *x0.shape[1:]), device=x0.device, dtype=x0.dtype)[rows]
         total, diffusion, physics = diffusion_and_physics_loss(
-            self.train_model, self.schedule, x0, xrays, self.views, prev, self.physics_weight,
+            model, self.schedule, x0, xrays, self.views, prev, self.physics_weight,
             t=t, noise=noise, physics_at=self.cfg.diffusion.physics_at)
         return total, torch.stack([total.detach(), diffusion.detach(), physics.detach()])
 

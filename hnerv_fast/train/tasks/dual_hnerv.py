@@ -103,10 +103,10 @@ class DualHNeRVTask(Task):
         # Warmup epochs 1..N train pixels only; the flag is a tensor so flipping it does not recompile.
         self.clip_active.fill_(float(epoch > self.cfg.loss.pixel_loss_warmup_epochs))
 
-    def forward_loss(self, batch: Batch):
+    def forward_loss(self, batch: Batch, model: torch.nn.Module):
         ids = self.split_ids["train"][batch.ids]
         target = self.patches[ids].float() / 255.0
-        rgb, embedding = self.train_model(self.coords[ids])  # the DDP wrapper under torchrun
+        rgb, embedding = model(self.coords[ids])  # the DDP wrapper under torchrun
         weight = batch.weight / batch.denom  # sums to 1 over the optimizer step (all ranks, micro-batches)
         pixel = (pixel_loss(rgb, target, self.cfg.loss.pixel) * weight).sum()
         cosine = (embedding * self.clip_targets[ids]).sum(dim=-1)
