@@ -1,6 +1,6 @@
 """The task registry: config `task` name -> its builder `build(cfg, device, resume) -> RunPlan` (train/plan.py).
 
-Adding a model: a Task in train/tasks/, a builder next to it, one line here, and its config schema in config.py.
+Adding a model: a Task in train/tasks/, a builder next to it, one line here, and its config schema in config/.
 """
 from __future__ import annotations
 
