@@ -14,6 +14,7 @@ PER_STEP = ["train_loss_step", "train_diffusion_step", "train_physics_step"]
 PER_EPOCH = ["train_loss", "train_diffusion", "train_physics", "val_loss", "val_diffusion", "val_physics",
              "epoch_time", "learning_rate"]
 PERF_PER_EPOCH = ["Perf/step_time_ms", "Perf/samples_per_s", "Perf/peak_memory_mib"]  # the GPU issue's addition
+SKIPPED_PER_EPOCH = ["skipped_steps"]  # the robustness issue's addition (non-finite steps skipped)
 EPOCHS, STEPS_PER_EPOCH, LOG_EVERY = 3, 16 // 4, 3  # 16 training cases of 20, batch 4
 SAMPLE_EVERY = 2  # validation images at epoch 2 and, by the "also at the last epoch" rule, 3
 SIZES = {"stage_16": 16, "stage_32": 32}  # volume edge per stage
@@ -33,7 +34,7 @@ def events(tmp_path_factory):
 
 def test_exactly_the_contract_scalars_are_written(events):
     written = set(events.Tags()["scalars"])
-    expected = {f"{s}/{n}" for s in STAGES for n in PER_STEP + PER_EPOCH + PERF_PER_EPOCH}
+    expected = {f"{s}/{n}" for s in STAGES for n in PER_STEP + PER_EPOCH + PERF_PER_EPOCH + SKIPPED_PER_EPOCH}
     assert written == expected, f"missing {sorted(expected - written)}, unexpected {sorted(written - expected)}"
 
 
@@ -42,7 +43,7 @@ def test_each_tag_at_its_cadence(events):
         for name in PER_STEP:
             steps = [e.step for e in events.Scalars(f"{stage}/{name}")]
             assert steps == list(range(LOG_EVERY, EPOCHS * STEPS_PER_EPOCH + 1, LOG_EVERY)), (stage, name)
-        for name in PER_EPOCH + PERF_PER_EPOCH:
+        for name in PER_EPOCH + PERF_PER_EPOCH + SKIPPED_PER_EPOCH:
             assert [e.step for e in events.Scalars(f"{stage}/{name}")] == [1, 2, 3], (stage, name)
 
 

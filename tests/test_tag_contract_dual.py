@@ -18,6 +18,7 @@ PER_EPOCH = [
     "Train/Gradients/decoder_norm", "Train/Gradients/rgb_to_clip_ratio",
 ]
 PERF_PER_EPOCH = ["Perf/step_time_ms", "Perf/samples_per_s", "Perf/peak_memory_mib"]  # the GPU issue's addition
+SKIPPED_PER_EPOCH = ["Train/skipped_steps"]  # the robustness issue's addition (non-finite steps skipped)
 PER_BATCH = ["Train_Batch/PSNR", "Train_Batch/pixel_loss", "Train_Batch/clip_loss", "Train_Batch/total_loss"]
 PER_PARAMS = ["Model/Params/rgb_head_mean", "Model/Params/rgb_head_std", "Model/Params/clip_head_mean",
               "Model/Params/clip_head_std"]
@@ -57,13 +58,13 @@ def _steps(acc, tag):
 
 def test_exactly_the_contract_scalars_are_written(events):
     written = set(events.Tags()["scalars"])
-    expected = set(PER_EPOCH + PERF_PER_EPOCH + PER_BATCH + PER_PARAMS + PER_EVAL)
+    expected = set(PER_EPOCH + PERF_PER_EPOCH + SKIPPED_PER_EPOCH + PER_BATCH + PER_PARAMS + PER_EVAL)
     assert written == expected, f"missing {sorted(expected - written)}, unexpected {sorted(written - expected)}"
     assert set(events.Tags()["histograms"]) == set(HISTOGRAMS)
 
 
 def test_each_tag_at_its_cadence(events):
-    for tag in PER_EPOCH + PERF_PER_EPOCH:
+    for tag in PER_EPOCH + PERF_PER_EPOCH + SKIPPED_PER_EPOCH:
         assert _steps(events, tag) == list(range(1, EPOCHS + 1)), tag
     for tag in PER_BATCH:
         assert _steps(events, tag) == list(range(LOG_EVERY, EPOCHS * STEPS_PER_EPOCH + 1, LOG_EVERY)), tag

@@ -53,7 +53,7 @@ def steps_per_epoch(cfg: CascadeConfig, stage: str) -> int:
 def test_exactly_the_contract_tags_per_stage(tiny_run):
     cfg, _, acc = tiny_run
     assert cfg.cascade_order() == STAGES
-    expected = {T.tag(s, n) for s in STAGES for n in T.STEP + T.EPOCH + T.PERF}
+    expected = {T.tag(s, n) for s in STAGES for n in T.STEP + T.EPOCH + T.PERF + (T.SKIPPED_STEPS,)}
     assert set(acc.Tags()["scalars"]) == expected
 
 

@@ -53,6 +53,8 @@ class EngineConfig:
     # losses are divided by it, metrics averaged over the micro-batches, lr/steps/grad norms per optimizer step
     grad_accum_steps: int = 1
     dist_timeout_s: int = 1800  # torchrun: a collective waiting longer than this fails the job (dead/stuck rank)
+    # a step with a non-finite loss or gradient norm is skipped; this many in a row stop the run (exit code 3)
+    max_bad_steps: int = 10
 
 
 def validate_engine(train: EngineConfig, prefix: str = "train", check_stop_after: bool = True) -> None:
@@ -64,6 +66,7 @@ def validate_engine(train: EngineConfig, prefix: str = "train", check_stop_after
     check(train.log_every_steps >= 1, f"{prefix}.log_every_steps", "must be >= 1")
     check(train.grad_accum_steps >= 1, f"{prefix}.grad_accum_steps", f"must be >= 1, got {train.grad_accum_steps}")
     check(train.dist_timeout_s >= 1, f"{prefix}.dist_timeout_s", f"must be >= 1, got {train.dist_timeout_s}")
+    check(train.max_bad_steps >= 1, f"{prefix}.max_bad_steps", f"must be >= 1, got {train.max_bad_steps}")
     if check_stop_after:  # the cascade bounds it per stage instead (a stage may run more epochs than train.epochs)
         check(train.stop_after is None or 1 <= train.stop_after <= train.epochs, f"{prefix}.stop_after",
               f"must be between 1 and {prefix}.epochs ({train.epochs})")

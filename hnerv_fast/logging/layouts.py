@@ -76,6 +76,7 @@ class DualTags:
 
     SCALARS = EPOCH + BATCH + PARAMS + EVAL  # the seed contract
     PERF = PerfTags.ALL  # per epoch, beyond the contract
+    SKIPPED_STEPS = "Train/skipped_steps"  # per epoch, beyond the contract: steps skipped for a non-finite loss/norm
 
 
 def dual_layout() -> dict:
@@ -86,6 +87,7 @@ def dual_layout() -> dict:
             "PSNR (train vs val)": lines(t.TRAIN_PSNR, "Eval/Frame/val_psnr"),
             "Total loss": lines(t.TOTAL_LOSS),
             "Learning rate": lines(t.LR),
+            "Skipped steps (non-finite loss or gradient norm)": lines(t.SKIPPED_STEPS),
         },
         "Loss Breakdown": {
             "Pixel loss": lines(t.PIXEL_LOSS),
@@ -123,6 +125,7 @@ class CascadeTags:
     EPOCH = ("train_loss", "train_diffusion", "train_physics", "val_loss", "val_diffusion", "val_physics",
              "epoch_time", "learning_rate")
     PERF = PerfTags.ALL  # per epoch as {stage}/Perf/..., beyond the contract
+    SKIPPED_STEPS = "skipped_steps"  # per epoch, beyond the contract: steps skipped for a non-finite loss/norm
     IMAGES = "val_samples"
 
     @staticmethod
@@ -142,6 +145,7 @@ def cascade_layout(stages: list[str]) -> dict:
         "Speed and schedule": {
             "Epoch time": lines(*(tag(s, "epoch_time") for s in stages)),
             "Learning rate": lines(*(tag(s, "learning_rate") for s in stages)),
+            "Skipped steps (non-finite loss or gradient norm)": lines(*(tag(s, CascadeTags.SKIPPED_STEPS) for s in stages)),
         },
         "Performance": {
             title: lines(*(tag(s, name) for s in stages))

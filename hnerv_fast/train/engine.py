@@ -152,6 +152,10 @@ def epoch_batches(
     return batches
 
 
+class TrainingDiverged(RuntimeError):
+    """`train.max_bad_steps` optimizer steps in a row had a non-finite loss or gradient norm (exit code 3)."""
+
+
 class Task(ABC):
     """What the engine needs from a model-specific trainer."""
 
@@ -187,10 +191,11 @@ class Task(ABC):
         """Per-step hook (logging of device tensors only)."""
 
     @abstractmethod
-    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: int, lr: torch.Tensor, seconds: float,
-                  perf: dict[str, Any]) -> float | None:
-        """Log epoch means (sums = [metrics..., group norms...] summed over optimizer steps and averaged
-        over ranks) and `perf` ({PerfTags name: number or writer-thread callable}, see perf.py); run eval
+    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: torch.Tensor, lr: torch.Tensor, seconds: float,
+                  perf: dict[str, Any], skipped: torch.Tensor) -> float | None:
+        """Log epoch means (sums = [metrics..., group norms...] summed over the optimizer steps that were taken,
+        `steps` of them (a device count), averaged over ranks), `skipped` (steps skipped for a non-finite loss or
+        gradient norm) and `perf` ({PerfTags name: number or writer-thread callable}, see perf.py); run eval
         when due. Called on every rank (only rank 0's writer writes).
         Returns the epoch's score for "best" tracking (higher is better) or None when not evaluated."""
 
@@ -229,7 +234,13 @@ class Engine:
         self.optimizer = task.make_optimizer(self.lr)
         self.amp = precision.resolve_amp(cfg.amp, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp == "fp16")
+        if not self.optimizer.defaults.get("fused"):  # only fused optimizers honour `found_inf` (the skip)
+            raise TypeError(f"{type(task).__name__}.make_optimizer must build a fused optimizer (fused=True)")
         self.groups = task.grad_groups()
+        # Non-finite steps, counted on the device: in a row so far, the longest run and the count this epoch
+        self.bad_run, self.worst_run, self.skipped = (torch.zeros((), device=device) for _ in range(3))
+        self.step_finite = torch.ones((), dtype=torch.bool, device=device)
+        self._warned_skip = False
         self.start_epoch = 1
         self.global_step = 0
         self.best_score = -math.inf
@@ -273,12 +284,14 @@ class Engine:
         self.optimizer.zero_grad(set_to_none=False)
         k = len(micro_batches)
         metrics = None
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
         for j, batch in enumerate(micro_batches):
             with self._grad_sync(last=j == k - 1):
                 loss, micro = self._forward(batch)
                 if k > 1:
                     loss = loss / k
                 self.scaler.scale(loss).backward()  # scale() is the identity when the scaler is disabled
+            finite = finite & torch.isfinite(loss.detach())
             # a copy, not the graph's output buffer: the next micro-batch's replay overwrites that
             metrics = micro.detach().clone() if metrics is None else metrics.add_(micro.detach())
         if k > 1:
@@ -286,9 +299,23 @@ class Engine:
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
         norms = self._norms_and_clip()
+        self._skip_unless(finite & torch.isfinite(norms[0]))
         self.scaler.step(self.optimizer)  # plain optimizer.step() when disabled
         self.scaler.update()
         return metrics, norms
+
+    def _skip_unless(self, finite: torch.Tensor) -> None:
+        """Skip the coming optimizer step on the device, without a host sync, when `finite` is False: a fused
+        optimizer leaves weights, moments and step counts untouched while its `found_inf` is non-zero (the
+        GradScaler's mechanism; with fp16 the scaler sets it itself, from the same non-finite gradients).
+        Under DDP the gradient norm is global, so every rank decides alike."""
+        skip = (~finite).float()
+        if not self.scaler.is_enabled():
+            self.optimizer.grad_scale, self.optimizer.found_inf = None, skip
+        self.step_finite = finite
+        self.bad_run.mul_(skip).add_(skip)
+        torch.maximum(self.worst_run, self.bad_run, out=self.worst_run)
+        self.skipped.add_(skip)
 
     def _grad_sync(self, last: bool):
         """DDP all-reduces gradients in the backward of the last micro-batch only."""
@@ -317,6 +344,8 @@ class Engine:
         k = self.cfg.grad_accum_steps
         steps = len(batches) // k
         sums = None
+        self.skipped.zero_()
+        self.worst_run.copy_(self.bad_run)
         started = time.perf_counter()
         meter = EpochMeter(self.device)
         bar = self._progress(epoch, epochs, steps)
@@ -325,6 +354,7 @@ class Engine:
             metrics, norms = self.train_step(*batches[i * k:(i + 1) * k])
             self.global_step += 1
             step_vec = torch.cat([metrics.float(), norms.float()])
+            step_vec = torch.where(self.step_finite, step_vec, 0.0)  # a skipped step's metrics are not averaged
             sums = step_vec.clone() if sums is None else sums.add_(step_vec)
             task.on_step(epoch, self.global_step, metrics, norms)
             if bar is not None:
@@ -336,11 +366,26 @@ class Engine:
         distributed.all_reduce_mean_(sums)  # epoch means over all ranks' samples (norms are global already)
         seconds = time.perf_counter() - started
         lr = self.optimizer.param_groups[0]["lr"].detach().clone()  # what the last step used (a device tensor)
-        score = task.end_epoch(epoch, sums, steps, lr, seconds, perf)
+        taken = (steps - self.skipped).clamp(min=1)
+        score = task.end_epoch(epoch, sums, taken, lr, seconds, perf, self.skipped.clone())
+        self._check_bad_steps(epoch)  # before saving: the last good checkpoint is kept
         improved = score is not None and score > self.best_score
         if improved:
             self.best_score = score
         self.save(task.checkpoint_names(epoch, improved, epoch == epochs), epoch)
+
+    def _check_bad_steps(self, epoch: int) -> None:
+        """One host read per epoch (outside the steps): warn once about skipped steps; stop when too many in a row."""
+        skipped, worst = (int(v) for v in torch.stack([self.skipped, self.worst_run]).tolist())
+        limit = self.cfg.max_bad_steps
+        if worst >= limit:
+            raise TrainingDiverged(f"{worst} optimizer steps in a row had a non-finite loss or gradient norm "
+                                   f"(train.max_bad_steps={limit}); stopped in epoch {epoch}, the checkpoints of "
+                                   f"earlier epochs in {self.checkpoint_dir} are kept")
+        if skipped and not self._warned_skip and distributed.is_main():
+            self._warned_skip = True
+            print(f"warning: epoch {epoch}: {skipped} optimizer step(s) skipped for a non-finite loss or gradient "
+                  f"norm (weights and optimizer state unchanged; counted per epoch in the skipped_steps tag)")
 
     def _progress(self, epoch: int, epochs: int, steps: int):
         if not self.cfg.progress or not distributed.is_main():

@@ -2,7 +2,8 @@
 config.yaml, the writer (or a NullWriter off rank 0) with its mirrors, and the fit loop.
 
 Under torchrun (WORLD_SIZE > 1) the run happens inside a process group (train/distributed.py); bad input
-(`UserError`) is reported by rank 0 only, as one line, and every rank exits with code 2."""
+(`UserError`) is reported by rank 0 only, as one line, and every rank exits with code 2; a run stopped by
+`train.max_bad_steps` non-finite steps in a row exits with code 3."""
 from __future__ import annotations
 
 import sys
@@ -14,7 +15,7 @@ from hnerv_fast.logging.async_writer import AsyncSummaryWriter
 from hnerv_fast.logging.null_writer import NullWriter
 from hnerv_fast.ops import set_backend
 from hnerv_fast.train import distributed
-from hnerv_fast.train.engine import pick_device, seed_everything
+from hnerv_fast.train.engine import TrainingDiverged, pick_device, seed_everything
 from hnerv_fast.train.registry import BUILDERS
 
 
@@ -55,10 +56,10 @@ def run_from_args(config: str, overrides: list[str], resume: str | None) -> int:
     try:
         with distributed.rank0_reports((UserError,)):
             run(load_config(config, overrides), resume)
-    except UserError as exc:
+    except (UserError, TrainingDiverged) as exc:
         where = "" if distributed.is_main() else f" (rank {distributed.rank()})"
         print(f"error{where}: {exc}", file=sys.stderr)
-        return 2
+        return 3 if isinstance(exc, TrainingDiverged) else 2
     return 0
 
 

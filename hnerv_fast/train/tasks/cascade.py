@@ -228,14 +228,15 @@ class CascadeStageTask(Task):
         return {} if value is None else {"loss": round(value, 4)}
 
     # ------------------------------------------------------------------------ epoch logging
-    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: int, lr: torch.Tensor, seconds: float,
-                  perf: dict[str, Any]) -> float | None:
+    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: torch.Tensor, lr: torch.Tensor, seconds: float,
+                  perf: dict[str, Any], skipped: torch.Tensor) -> float | None:
         tag = lambda n: T.tag(self.name, n)  # noqa: E731
         train = sums[:3] / steps
         val = self.validate()
         # T.EPOCH order: train loss/diffusion/physics, val loss/diffusion/physics, epoch_time, learning_rate
         values = dict(zip(map(tag, T.EPOCH), [*train, *val, seconds, lr]))
         values.update({tag(name): value for name, value in perf.items()})
+        values[tag(T.SKIPPED_STEPS)] = skipped
         epochs = self.engine_cfg.epochs
         def report(v: dict[str, float]) -> None:  # on the writer thread, values already on the host
             _print_epoch(self.name, epoch, epochs, v)

@@ -124,8 +124,8 @@ class DualHNeRVTask(Task):
         return {k: round(latest[tag], 4) for k, tag in (("loss", T.BATCH_TOTAL), ("psnr", T.BATCH_PSNR)) if tag in latest}
 
     # ------------------------------------------------------------------------ epoch logging
-    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: int, lr: torch.Tensor, seconds: float,
-                  perf: dict[str, Any]) -> float | None:
+    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: torch.Tensor, lr: torch.Tensor, seconds: float,
+                  perf: dict[str, Any], skipped: torch.Tensor) -> float | None:
         cfg = self.cfg
         means = sums / steps
         psnr, pixel, clip, total, g_total, g_decoder, g_rgb, g_clip = means.unbind()
@@ -138,6 +138,7 @@ class DualHNeRVTask(Task):
             T.GRAD_TOTAL: g_total, T.GRAD_RGB: g_rgb, T.GRAD_CLIP: g_clip, T.GRAD_DECODER: g_decoder,
             T.GRAD_RGB_TO_CLIP: _safe_ratio(g_rgb, g_clip),
             **perf,  # PerfTags names
+            T.SKIPPED_STEPS: skipped,
         }
         epochs = cfg.train.epochs
         def report(v: dict[str, float]) -> None:  # on the writer thread, values already on the host
