@@ -24,7 +24,9 @@ CONFIG = os.environ.get("BENCH_CASCADE_CONFIG", "configs/cascade_default.yaml" i
 STAGE = os.environ.get("BENCH_CASCADE_STAGE", "stage_128" if GPU else "stage_32")
 CASES = int(os.environ.get("BENCH_CASCADE_CASES", "12"))
 STEPS = 6
-MODES = ["none", "default", "reduce-overhead"] if GPU else ["none", "default"]
+# (train.amp, train.compile): fp32 eager first (the baseline); on CPU `auto` is bf16 where the CPU has native bf16
+MODES = ([("none", "none"), ("fp16", "none"), ("none", "default"), ("fp16", "default"), ("fp16", "reduce-overhead")]
+         if GPU else [("none", "none"), ("auto", "none"), ("none", "default"), ("auto", "default")])
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +48,14 @@ def _steps(engine, batches, device):
         torch.cuda.synchronize()
 
 
-@pytest.mark.parametrize("compile_mode", MODES)
-def test_cascade_stage_step(benchmark, setup, compile_mode):
+@pytest.mark.parametrize("amp, compile_mode", MODES)
+def test_cascade_stage_step(benchmark, setup, amp, compile_mode):
     cfg, device, data, prev, tmp = setup
-    cfg.train.compile = compile_mode
+    cfg.train.amp, cfg.train.compile = amp, compile_mode
     torch._dynamo.reset()
     task = CascadeStageTask(cfg, STAGE, data, prev, device)
     engine = Engine(task, cfg.stage_engine(STAGE), device, tmp / "ckpt")
     batches = (task.train_batches(1) * STEPS)[:STEPS]  # repeat a short epoch: STEPS steps per round
     _steps(engine, batches, device)  # warm-up (and compile)
     benchmark.pedantic(_steps, args=(engine, batches, device), rounds=3, iterations=1)
-    record_ratio(f"cascade {STAGE} step x{STEPS}", f"compile={compile_mode}", benchmark)
+    record_ratio(f"cascade {STAGE} step x{STEPS}", f"amp={amp}->{engine.amp} compile={compile_mode}", benchmark)
