@@ -26,7 +26,8 @@ cascade (tags `{stage}/{name}` of `CascadeTags`)
                    are within two orders of magnitude; beyond that the weight has to compensate and a
                    typical physics_weight (0.1 - 1) leaves one term negligible.
   val_loss_rising  val_loss increased `val_loss_rising_epochs` (3) epochs in a row.
-  epoch_time_drift |recent - baseline| / baseline > epoch_time_drift (20 %), baseline = median of the first
+  epoch_time_drift (recent - baseline) / baseline > epoch_time_drift (20 %): slowdowns only (a run that gets
+                   faster, e.g. once caches are warm, is fine), baseline = median of the first
                    `epoch_time_baseline_epochs` (3) epoch times (robust to a slow first, compiling,
                    epoch), recent = median of the last `epoch_time_recent_epochs` (1 = the last epoch).
 any tag
@@ -231,11 +232,11 @@ class HealthMonitor:
             recent = statistics.median(list(history)[-t.epoch_time_recent_epochs:])
             if baseline > 0:
                 drift = (recent - baseline) / baseline
-                if abs(drift) > t.epoch_time_drift:
+                if drift > t.epoch_time_drift:
                     self._warn(out, "epoch_time_drift", tag, step,
                                f"{_fmt(recent)} s vs {_fmt(baseline)} s (median of the first "
-                               f"{t.epoch_time_baseline_epochs} epochs): {drift:+.0%} "
-                               f"{'slower' if drift > 0 else 'faster'}, beyond {t.epoch_time_drift:.0%}")
+                               f"{t.epoch_time_baseline_epochs} epochs): {drift:+.0%} slower, beyond "
+                               f"{t.epoch_time_drift:.0%}")
 
 
 def check_scalars(series: Mapping[str, list[tuple[int, float]]],

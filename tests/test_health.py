@@ -307,3 +307,10 @@ def test_cli_module_entry_point(healthy_logdir, tmp_path):
     assert ok.returncode == 0, ok.stdout + ok.stderr
     missing = subprocess.run(run + [str(tmp_path / "nope")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_a_run_that_gets_faster_is_healthy(tmp_path):
+    """Epoch-time drift warns on slowdowns only: the tiny cascade's later epochs run ~40 % faster (warm caches)."""
+    write_run(tmp_path / "run", modify(healthy_cascade(), f"{S64}/epoch_time", lambda st, v: 30.0, {10}))
+    (report,) = check_logdir(tmp_path)
+    assert not report.warnings, report.warnings
