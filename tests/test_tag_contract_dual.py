@@ -1,7 +1,7 @@
 """The dual-head TensorBoard contract held as literal lists, copied from the monitoring guide
 (docs/tags_dual_hnerv.md), never from the code's own constants: a renamed tag in
 hnerv_fast/logging/layouts.py must fail here. The run uses cadences that tell the rules apart: 7 epochs
-(not a multiple of eval_freq 3, so the "also at the last epoch" rule shows), params_every 2 != eval_freq,
+(not a multiple of eval_freq 3, so the "also at E-4, E-2 and E" rule shows), params_every 2 != eval_freq,
 log_every_steps 2."""
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ HISTOGRAMS = ["Eval/Histogram/train_psnr_distribution", "Eval/Histogram/val_psnr
 
 EPOCHS, EVAL_FREQ, PARAMS_EVERY, LOG_EVERY, EVAL_IMAGES = 7, 3, 2, 2, 2
 STEPS_PER_EPOCH = 36 * 8 // 32  # 36 training frames of 40 (split 9_9_10) x 8 patches / batch 32
-EVAL_EPOCHS = [3, 6, 7]
+EVAL_EPOCHS = [3, 5, 6, 7]  # every 3rd, and E-4, E-2, E as the published trainer
 
 
 @pytest.fixture(scope="module")

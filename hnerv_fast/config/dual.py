@@ -127,7 +127,8 @@ class DualTrainConfig(EngineConfig):
     lr_schedule: str = "cosine_0.1_1_0.1"
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eval_freq: int = 10
-    eval_last_epochs: int = 1
+    # also evaluate at epochs E - k: the published trainer evaluates at E-4, E-2 and E
+    eval_final_offsets: List[int] = field(default_factory=lambda: [0, 2, 4])
     params_every: int = 10
     eval_images: int = 2  # frames shown as predicted-vs-target images at each eval
 
@@ -174,5 +175,7 @@ class DualHNeRVConfig:
             f"{loss.pixel_loss_warmup_epochs} must be between 0 and train.epochs ({t.epochs})",
         )
         check(t.eval_freq >= 1, "train.eval_freq", "must be >= 1")
+        check(all(k >= 0 for k in t.eval_final_offsets), "train.eval_final_offsets",
+              f"must be >= 0, got {list(t.eval_final_offsets)}")
         check(t.params_every >= 1, "train.params_every", "must be >= 1")
         self.ops.validate()

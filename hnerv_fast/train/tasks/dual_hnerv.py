@@ -148,7 +148,7 @@ class DualHNeRVTask(Task):
         self.writer.add_scalars(epoch, values, callback=report)
         if epoch % cfg.train.params_every == 0:
             self._log_param_stats(epoch)
-        if epoch % cfg.train.eval_freq == 0 or epoch > epochs - cfg.train.eval_last_epochs:
+        if epoch % cfg.train.eval_freq == 0 or epochs - epoch in cfg.train.eval_final_offsets:
             return self.evaluate(epoch)
         return None
 
