@@ -252,6 +252,17 @@ def test_run_dir_layout(tmp_path, clip_cache):
     assert run_dir(cfg).relative_to(tmp_path / "out").parts[0] == "tiny"
 
 
+def test_eval_std_is_the_population_std_of_the_frame_psnrs(tiny_run):
+    """np.std (ddof=0) as the published trainer: checked against the frame-PSNR histogram's own moments."""
+    _, _, acc = tiny_run
+    for split in ("train", "val"):
+        stds = dict(scalar_series(acc, f"Eval/PSNR_Stats/{split}_std"))
+        for event in acc.Histograms(f"Eval/Histogram/{split}_psnr_distribution"):
+            h = event.histogram_value
+            population = math.sqrt(max(h.sum_squares / h.num - (h.sum / h.num) ** 2, 0.0))
+            assert math.isclose(stds[event.step], population, rel_tol=1e-3, abs_tol=1e-4), (split, event.step)
+
+
 def test_tiny_run_is_healthy_where_it_should_be(tiny_run):
     """The tiny run generalises (no overfitting) and its gradients are sane; the warnings it does have are
     also logged as TensorBoard text."""

@@ -212,11 +212,11 @@ class DualHNeRVTask(Task):
                 f"Eval/Frame/{split}_psnr": frame_psnr.mean(),
                 f"Eval/Frame/{split}_clip_sim": frame_sim.mean(),
                 f"Eval/Frame/{split}_clip_dist": 1.0 - frame_sim.mean(),
-                f"Eval/PSNR_Stats/{split}_std": _std(frame_psnr),
+                f"Eval/PSNR_Stats/{split}_std": frame_psnr.std(correction=0),  # np.std, as the reference
                 f"Eval/PSNR_Stats/{split}_min": frame_psnr.min(),
                 f"Eval/PSNR_Stats/{split}_max": frame_psnr.max(),
-                f"Eval/Patch/{split}_psnr_std": _std(psnr),
-                f"Eval/Patch/{split}_clip_sim_std": _std(sim),
+                f"Eval/Patch/{split}_psnr_std": psnr.std(correction=0),
+                f"Eval/Patch/{split}_clip_sim_std": sim.std(correction=0),
             })
             frame_psnr_mean[split] = frame_psnr.mean()
             scalars[f"_{split}_sim"] = frame_sim.mean()
@@ -250,10 +250,6 @@ class DualHNeRVTask(Task):
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"config": to_dict(self.cfg)}
-
-
-def _std(x: torch.Tensor) -> torch.Tensor:
-    return x.std() if x.numel() > 1 else torch.zeros((), device=x.device)
 
 
 def _safe_ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
