@@ -63,3 +63,12 @@ def test_cosine_schedule():
     assert cosine_multiplier(0.1, up, pw, lo) == pytest.approx(1.0)
     assert cosine_multiplier(0.55, up, pw, lo) == pytest.approx(0.5)
     assert cosine_multiplier(1.0, up, pw, lo) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_stem_is_followed_by_the_activation():
+    """As HNeRV's stem block (1x1 conv, then the activation): with ReLU the first block only sees values >= 0."""
+    model = DualHNeRV(DualHNeRVSpec(act="relu", fc_hw=(2, 2), dec_strds=(2,)))
+    seen = []
+    model.blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    model(torch.rand(8, 3))
+    assert seen[0].min() >= 0 and (seen[0] == 0).any()

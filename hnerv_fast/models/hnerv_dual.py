@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hnerv_fast.models.blocks import HNeRVBlock, PositionalEncoding
+from hnerv_fast.models.blocks import HNeRVBlock, PositionalEncoding, activation
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,9 @@ class DualHNeRV(nn.Module):
         self.encoding = PositionalEncoding(spec.pe_base, spec.pe_levels)
         fc_h, fc_w = spec.fc_hw
         self.stem = nn.Linear(self.encoding.out_features(spec.coord_dim), spec.fc_dim * fc_h * fc_w)
+        # HNeRV's stem is a block of its own (a 1x1 conv followed by the activation), not a bare linear map
+        # that the first block's convolution would simply compose with
+        self.stem_act = activation(spec.act)
         blocks, ngf = [], spec.fc_dim
         for stride, kernel, width in zip(spec.dec_strds, spec.kernels(), spec.widths()):
             blocks.append(HNeRVBlock(ngf, width, stride, kernel, spec.act))
@@ -77,7 +80,7 @@ class DualHNeRV(nn.Module):
         if coords.dim() != 2 or coords.shape[1] != self.spec.coord_dim:
             raise ValueError(f"coords must be [N, {self.spec.coord_dim}], got {tuple(coords.shape)}")
         fc_h, fc_w = self.spec.fc_hw
-        x = self.stem(self.encoding(coords)).view(coords.shape[0], self.spec.fc_dim, fc_h, fc_w)
+        x = self.stem_act(self.stem(self.encoding(coords))).view(coords.shape[0], self.spec.fc_dim, fc_h, fc_w)
         features = self.blocks(x)
         rgb = self.rgb_head(features)
         if self.spec.out_act == "tanh":
