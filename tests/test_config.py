@@ -70,7 +70,7 @@ def test_parsed_values_are_typed_attributes_and_stay_strings_in_dicts():
 
 
 def test_cascade_schedule_constant_is_none():
-    assert load_config("configs/cascade_tiny.yaml").train.schedule is None
+    assert load_config("configs/cascade_tiny.yaml", ["train.lr_schedule=constant"]).train.schedule is None
     cfg = load_config("configs/cascade_tiny.yaml", ["train.lr_schedule=cosine_0.1_1_0.1"])
     assert cfg.train.schedule == Cosine(0.1, 1.0, 0.1)
     with pytest.raises(ConfigError, match=r"train\.lr_schedule"):

@@ -9,7 +9,7 @@ Modules: common (error, engine/ops sections, lr schedule), health (the `health` 
 cascade (each task's sections and checks), loading (YAML, overrides, dict round trips). This package
 imports no torch and nothing of hnerv_fast.train / models / logging / data / ops.
 """
-from hnerv_fast.config.cascade import CascadeConfig
+from hnerv_fast.config.cascade import CascadeConfig, Plateau
 from hnerv_fast.config.common import ConfigError, Cosine, EngineConfig, OpsConfig
 from hnerv_fast.config.dual import DataSplit, DualHNeRVConfig, Embed
 from hnerv_fast.config.health import HealthThresholds
@@ -17,5 +17,5 @@ from hnerv_fast.config.loading import from_dict, load_config, to_dict, to_yaml
 
 __all__ = [
     "CascadeConfig", "ConfigError", "Cosine", "DataSplit", "DualHNeRVConfig", "Embed", "EngineConfig",
-    "HealthThresholds", "OpsConfig", "from_dict", "load_config", "to_dict", "to_yaml",
+    "HealthThresholds", "OpsConfig", "Plateau", "from_dict", "load_config", "to_dict", "to_yaml",
 ]

@@ -5,7 +5,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional, Union
 
 from hnerv_fast.config.common import Cosine, EngineConfig, OpsConfig, check, parse_schedule, validate_engine
 from hnerv_fast.config.health import HealthThresholds
@@ -15,6 +15,23 @@ CASCADE_SOURCES = ("phantoms", "folder")
 CASCADE_CONDITIONING = ("generated", "ground_truth")
 WANDB_MODES = ("disabled", "offline", "online")
 STAGE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+PLATEAU_RE = re.compile(r"plateau_([0-9.]+)_(\d+)")
+
+
+class Plateau(NamedTuple):
+    """Parsed `plateau_<factor>_<patience>`: the lr is multiplied by `factor` once the validation loss has not
+    improved for more than `patience` epochs (train/schedule.py PlateauSchedule)."""
+
+    factor: float
+    patience: int
+
+
+def parse_plateau(text: str) -> Plateau:
+    m = PLATEAU_RE.fullmatch(text)
+    check(m is not None, "train.lr_schedule", f"{text!r} is not plateau_<factor>_<patience>")
+    plateau = Plateau(float(m.group(1)), int(m.group(2)))
+    check(0 < plateau.factor < 1, "train.lr_schedule", f"plateau factor {plateau.factor} must be in (0, 1)")
+    return plateau
 
 
 @dataclass
@@ -60,7 +77,9 @@ class CascadeTrainConfig(EngineConfig):
     # (later stages are not started; a {stage}_epoch_{N}.pt is written to resume from)
     stages: List[str] = field(default_factory=list)  # stage names to train, in cascade order; [] = all
     weight_decay: float = 0.01  # AdamW
-    lr_schedule: str = "constant"  # constant | cosine_<up_ratio>_<up_pow>_<min_lr> (per stage)
+    # plateau_<factor>_<patience> (default, as the published trainer: ReduceLROnPlateau(factor=0.5, patience=5)
+    # on the validation loss) | cosine_<up_ratio>_<up_pow>_<min_lr> | constant; per stage
+    lr_schedule: str = "plateau_0.5_5"
     save_every: int = 5  # {stage}_epoch_{N}.pt every N epochs
     # Conditioning of stage N > 1 on stage N-1's volume:
     #   generated (default): stage N-1 (its {stage}_final.pt) DDIM-samples the volume of every case
@@ -72,9 +91,13 @@ class CascadeTrainConfig(EngineConfig):
     val_draws: int = 4  # fixed (t, noise) draws per validation case (stratified t, seeded)
 
     @cached_property
-    def schedule(self) -> Optional[Cosine]:
+    def schedule(self) -> Union[Cosine, Plateau, None]:
         """The parsed lr_schedule; None = constant."""
-        return None if self.lr_schedule == "constant" else parse_schedule(self.lr_schedule)
+        if self.lr_schedule == "constant":
+            return None
+        if self.lr_schedule.startswith("plateau"):
+            return parse_plateau(self.lr_schedule)
+        return parse_schedule(self.lr_schedule)
 
 
 @dataclass

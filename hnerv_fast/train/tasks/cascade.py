@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from hnerv_fast.checkpoint_io import CheckpointError
-from hnerv_fast.config import CascadeConfig, ConfigError, to_dict
+from hnerv_fast.config import CascadeConfig, ConfigError, Plateau, to_dict
 from hnerv_fast.data import cascade_data
 from hnerv_fast.data.cascade_data import CascadeData
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
@@ -34,7 +34,7 @@ from hnerv_fast.models.drr import drr
 from hnerv_fast.train import distributed, precision
 from hnerv_fast.train.engine import Batch, Task, epoch_batches
 from hnerv_fast.train.health_hook import HealthReporter
-from hnerv_fast.train.schedule import cosine_multiplier
+from hnerv_fast.train.schedule import PlateauSchedule, cosine_multiplier
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -164,6 +164,8 @@ class CascadeStageTask(Task):
         self.physics_weight = float(cfg.diffusion.physics_weight)
         self.val_loss: float | None = None
         self.best_val_loss: float | None = None
+        schedule = cfg.train.schedule  # a plateau schedule steps on each epoch's validation loss
+        self.plateau = PlateauSchedule(*schedule) if isinstance(schedule, Plateau) else None
         self._tags_step = [T.tag(name, n) for n in T.STEP]
         # fixed validation timesteps: val_draws stratified draws per case, seeded per stage
         draws, steps = cfg.train.val_draws, cfg.diffusion.timesteps
@@ -182,6 +184,8 @@ class CascadeStageTask(Task):
 
     def lr_multiplier(self, progress: float) -> float:
         schedule = self.cfg.train.schedule
+        if self.plateau is not None:
+            return self.plateau.multiplier
         return 1.0 if schedule is None else cosine_multiplier(progress, *schedule)
 
     def grad_groups(self):
@@ -250,6 +254,8 @@ class CascadeStageTask(Task):
         self.val_loss = float(val[0])
         if self.best_val_loss is None or self.val_loss < self.best_val_loss:
             self.best_val_loss = self.val_loss
+        if self.plateau is not None:  # the next epoch's lr (logged as {stage}/learning_rate)
+            self.plateau.step(self.val_loss)
         return -self.val_loss
 
     @torch.no_grad()
@@ -304,11 +310,14 @@ class CascadeStageTask(Task):
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"stage": self.name, "stage_config": self.stage_config.to_dict(), "val_loss": self.val_loss,
-                "best_val_loss": self.best_val_loss, "cascade": self.cfg.cascade_order(), "config": to_dict(self.cfg)}
+                "best_val_loss": self.best_val_loss, "cascade": self.cfg.cascade_order(), "config": to_dict(self.cfg),
+                **({"plateau": self.plateau.state_dict()} if self.plateau is not None else {})}
 
     def load_extra(self, state: dict[str, Any]) -> None:
         self.val_loss = state.get("val_loss")
         self.best_val_loss = state.get("best_val_loss")
+        if self.plateau is not None and "plateau" in state:
+            self.plateau.load_state_dict(state["plateau"])
 
 
 def _print_epoch(stage: str, epoch: int, epochs: int, v: dict[str, float]) -> None:
