@@ -103,7 +103,7 @@ class CascadeTrainConfig(EngineConfig):
 @dataclass
 class DiffusionConfig:
     timesteps: int = 1000  # cosine schedule
-    physics_weight: float = 0.1  # total = diffusion + physics_weight * physics
+    physics_weight: float = 0.3  # total = diffusion + physics_weight * physics (0.3: the published trainer's value)
     physics_at: str = "xray"  # xray (DRR resized to the X-ray, published) | volume (at the DRR's own size)
     ddim_steps: int = 20  # DDIM steps for validation images and generated conditioning
 
