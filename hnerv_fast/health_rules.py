@@ -12,7 +12,10 @@ dual HNeRV (tags of `DualTags`)
   grad_exploding   Train/Gradients/total_norm > max_grad_norm (100)
   head_imbalance   Train/Gradients/rgb_to_clip_ratio > max_rgb_to_clip_ratio (10) or
                    < min_rgb_to_clip_ratio (0.1), only at steps where Train/clip_loss_active is 1: during
-                   the warmup the CLIP head gets no gradient and the ratio is logged as 0.
+                   the warmup the CLIP head gets no gradient and the ratio is logged as 0. The "> 10" side
+                   only while Train/Loss/clip_loss is above clip_loss_learning_fraction (0.5) of its first
+                   value after the warmup: once it fell that far the CLIP head is learning, and a head that
+                   fits its targets (near-identical ones with a random-init CLIP) gets little gradient.
   poor_clip        Eval/Frame/val_clip_sim < min_val_clip_sim (0.7), only after the warmup (same flag).
   oscillation      Train/Loss/total_loss (and each cascade `{stage}/train_loss`) oscillates: over its last
                    `oscillation_window` (10) points, the successive differences d_i change sign in more
@@ -106,6 +109,7 @@ class HealthMonitor:
         self.warnings: list[HealthWarning] = []  # every warning so far, in order
         self._seen: set[tuple[str, str]] = set()
         self._clip_active: float | None = None
+        self._first_clip_loss: float | None = None  # the first after the warmup
         keep = max(self.thresholds.oscillation_window, self.thresholds.val_loss_rising_epochs + 1,
                    self.thresholds.epoch_time_recent_epochs, 2)
         self._recent: dict[str, deque] = defaultdict(lambda: deque(maxlen=keep))
@@ -143,6 +147,9 @@ class HealthMonitor:
         t = self.thresholds
         if DualTags.CLIP_ACTIVE in values and math.isfinite(values[DualTags.CLIP_ACTIVE]):
             self._clip_active = values[DualTags.CLIP_ACTIVE]
+        clip_loss = values.get(DualTags.CLIP_LOSS)
+        if self.clip_active and self._first_clip_loss is None and clip_loss is not None and clip_loss > 0:
+            self._first_clip_loss = clip_loss
         for tag, value in values.items():
             if not math.isfinite(value):
                 self._warn(out, "nonfinite", tag, step, f"non-finite value {value}")
@@ -156,7 +163,7 @@ class HealthMonitor:
                     self._warn(out, "grad_exploding", tag, step,
                                f"{_fmt(value)} > {_fmt(t.max_grad_norm)}: exploding gradients")
             elif tag == DualTags.GRAD_RGB_TO_CLIP:
-                self._check_head_ratio(out, tag, step, value)
+                self._check_head_ratio(out, tag, step, value, clip_loss)
             elif tag == PSNR_GAP:
                 if value > t.max_psnr_gap:
                     self._warn(out, "overfitting", tag, step,
@@ -172,11 +179,13 @@ class HealthMonitor:
             if cascade is not None:
                 self._check_cascade(out, tag, *cascade, step, value)
 
-    def _check_head_ratio(self, out: list, tag: str, step: int, value: float) -> None:
+    def _check_head_ratio(self, out: list, tag: str, step: int, value: float, clip_loss: float | None) -> None:
         t, active = self.thresholds, self.clip_active
         if active is False or (active is None and value == 0.0):
             return  # warmup: no CLIP gradient, the ratio is logged as 0
-        if value > t.max_rgb_to_clip_ratio:
+        first = self._first_clip_loss
+        learning = first is not None and clip_loss is not None and clip_loss < t.clip_loss_learning_fraction * first
+        if value > t.max_rgb_to_clip_ratio and not learning:
             self._warn(out, "head_imbalance", tag, step,
                        f"{_fmt(value)} > {_fmt(t.max_rgb_to_clip_ratio)}: RGB head gradients dominate the CLIP head's")
         elif value < t.min_rgb_to_clip_ratio:

@@ -18,6 +18,9 @@ class HealthThresholds:
     max_grad_norm: float = 100.0
     max_rgb_to_clip_ratio: float = 10.0    # Train/Gradients/rgb_to_clip_ratio, once clip_loss_active == 1
     min_rgb_to_clip_ratio: float = 0.1
+    # ...but RGB dominance is no warning once Train/Loss/clip_loss fell below this fraction of its first value
+    # after the warmup: the CLIP head is learning (a head that fits its targets needs little gradient)
+    clip_loss_learning_fraction: float = 0.5
     min_val_clip_sim: float = 0.7          # Eval/Frame/val_clip_sim after the warmup
     # oscillating loss
     oscillation_window: int = 10           # last N points
