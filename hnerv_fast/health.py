@@ -34,8 +34,9 @@ _DUAL_KEY = (DualTags.TRAIN_PSNR, "Eval/Frame/val_psnr", DualTags.TOTAL_LOSS, Du
              DualTags.LR, DualTags.GRAD_TOTAL, DualTags.GRAD_RGB_TO_CLIP, PSNR_GAP, DualTags.GAP[1],
              VAL_CLIP_SIM, "Eval/PSNR_Stats/val_std", "Eval/Patch/val_psnr_std")
 _CASCADE_KEY = ("train_loss", "val_loss", "train_diffusion", "train_physics", "val_diffusion", "val_physics",
-                "epoch_time", "learning_rate")
-assert set(_DUAL_KEY) <= set(DualTags.SCALARS) and set(_CASCADE_KEY) <= set(CascadeTags.EPOCH)
+                "epoch_time", "learning_rate", *CascadeTags.SAMPLE_QUALITY)
+assert set(_DUAL_KEY) <= set(DualTags.SCALARS)
+assert set(_CASCADE_KEY) <= set(CascadeTags.EPOCH + CascadeTags.SAMPLE_QUALITY)
 assert set(OSCILLATION_TAGS) <= set(DualTags.SCALARS)
 
 

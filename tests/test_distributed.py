@@ -178,7 +178,7 @@ def test_cascade_ddp_matches_single_process_and_resumes_in_one(tmp_path):
     assert len(event_files(logdir)) == 1
     acc, ref = load_events(logdir), load_events(single / "tensorboard" / "run")
     expected = {CascadeTags.tag(s, n) for s in stages for n in CascadeTags.STEP + CascadeTags.EPOCH + CascadeTags.PERF
-                + (CascadeTags.SKIPPED_STEPS,)}
+                + (CascadeTags.SKIPPED_STEPS,) + CascadeTags.SAMPLE_QUALITY}
     assert set(acc.Tags()["scalars"]) == expected
     assert len(acc.Tags()["images"]) == len(stages)
     for stage in stages:

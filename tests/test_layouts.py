@@ -12,7 +12,8 @@ from hnerv_fast.logging.layouts import CascadeTags, DualTags, cascade_layout, du
 STAGES = ["stage_16", "stage_32"]
 DUAL_TAGS = DualTags.SCALARS + DualTags.PERF + (DualTags.SKIPPED_STEPS,)
 CASCADE_TAGS = tuple(CascadeTags.tag(s, n) for s in STAGES
-                     for n in CascadeTags.STEP + CascadeTags.EPOCH + tuple(CascadeTags.PERF) + (CascadeTags.SKIPPED_STEPS,))
+                     for n in CascadeTags.STEP + CascadeTags.EPOCH + tuple(CascadeTags.PERF) + (CascadeTags.SKIPPED_STEPS,)
+                     + CascadeTags.SAMPLE_QUALITY)
 LAYOUTS = {"dual": (dual_layout(), DUAL_TAGS), "cascade": (cascade_layout(STAGES), CASCADE_TAGS)}
 
 

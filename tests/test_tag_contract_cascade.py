@@ -15,6 +15,7 @@ PER_EPOCH = ["train_loss", "train_diffusion", "train_physics", "val_loss", "val_
              "epoch_time", "learning_rate"]
 PERF_PER_EPOCH = ["Perf/step_time_ms", "Perf/samples_per_s", "Perf/peak_memory_mib"]  # the GPU issue's addition
 SKIPPED_PER_EPOCH = ["skipped_steps"]  # the robustness issue's addition (non-finite steps skipped)
+PER_SAMPLE = ["val_psnr", "val_ssim", "val_drr_mse"]  # the fidelity issue's addition, with the images
 EPOCHS, STEPS_PER_EPOCH, LOG_EVERY = 3, 16 // 4, 3  # 16 training cases of 20, batch 4
 SAMPLE_EVERY = 2  # validation images at epoch 2 and, by the "also at the last epoch" rule, 3
 SIZES = {"stage_16": 16, "stage_32": 32}  # volume edge per stage
@@ -34,7 +35,8 @@ def events(tmp_path_factory):
 
 def test_exactly_the_contract_scalars_are_written(events):
     written = set(events.Tags()["scalars"])
-    expected = {f"{s}/{n}" for s in STAGES for n in PER_STEP + PER_EPOCH + PERF_PER_EPOCH + SKIPPED_PER_EPOCH}
+    expected = {f"{s}/{n}" for s in STAGES
+                for n in PER_STEP + PER_EPOCH + PERF_PER_EPOCH + SKIPPED_PER_EPOCH + PER_SAMPLE}
     assert written == expected, f"missing {sorted(expected - written)}, unexpected {sorted(written - expected)}"
 
 
@@ -62,3 +64,10 @@ def test_validation_images_at_their_cadence(events):
         assert [e.step for e in written] == [2, 3], (stage, [e.step for e in written])
         assert all((e.height, e.width) == (size, 2 * size + 1) for e in written), stage
     assert len(images) == len(SIZES), images
+
+
+def test_sample_quality_at_the_image_cadence(events):
+    for stage in STAGES:
+        for name in PER_SAMPLE:
+            assert [e.step for e in events.Scalars(f"{stage}/{name}")] == [2, 3], (stage, name)
+        assert all(0 <= e.value <= 1 for e in events.Scalars(f"{stage}/val_ssim"))

@@ -53,7 +53,7 @@ def steps_per_epoch(cfg: CascadeConfig, stage: str) -> int:
 def test_exactly_the_contract_tags_per_stage(tiny_run):
     cfg, _, acc = tiny_run
     assert cfg.cascade_order() == STAGES
-    expected = {T.tag(s, n) for s in STAGES for n in T.STEP + T.EPOCH + T.PERF + (T.SKIPPED_STEPS,)}
+    expected = {T.tag(s, n) for s in STAGES for n in T.STEP + T.EPOCH + T.PERF + (T.SKIPPED_STEPS,) + T.SAMPLE_QUALITY}
     assert set(acc.Tags()["scalars"]) == expected
 
 
@@ -95,7 +95,7 @@ def test_sample_images_and_layout(tiny_run):
             assert [im.step for im in acc.Images(tag)] == list(range(t.sample_every, epochs + 1, t.sample_every))
             assert acc.Images(tag)[0].width == 2 * cfg.stages[stage].size + 1  # GT | sample
     layout = custom_scalar_layout(acc)
-    assert set(layout) == {"Losses", "Components", "Speed and schedule", "Performance"}
+    assert set(layout) == {"Losses", "Components", "Speed and schedule", "Sample quality", "Performance"}
     assert layout["Losses"] == [f"{s} train vs val" for s in STAGES]
 
 

@@ -127,6 +127,9 @@ class CascadeTags:
     PERF = PerfTags.ALL  # per epoch as {stage}/Perf/..., beyond the contract
     SKIPPED_STEPS = "skipped_steps"  # per epoch, beyond the contract: steps skipped for a non-finite loss/norm
     IMAGES = "val_samples"
+    # at each sample_every epoch (with the images): the DDIM samples of the val_samples cases against their
+    # ground truth (PSNR, 3D SSIM) and their DRRs against the input X-rays (MSE)
+    SAMPLE_QUALITY = ("val_psnr", "val_ssim", "val_drr_mse")
 
     @staticmethod
     def tag(stage: str, name: str) -> str:
@@ -146,6 +149,11 @@ def cascade_layout(stages: list[str]) -> dict:
             "Epoch time": lines(*(tag(s, "epoch_time") for s in stages)),
             "Learning rate": lines(*(tag(s, "learning_rate") for s in stages)),
             "Skipped steps (non-finite loss or gradient norm)": lines(*(tag(s, CascadeTags.SKIPPED_STEPS) for s in stages)),
+        },
+        "Sample quality": {
+            title: lines(*(tag(s, name) for s in stages))
+            for title, name in (("DDIM sample PSNR (dB)", "val_psnr"), ("DDIM sample 3D SSIM", "val_ssim"),
+                                ("DDIM sample DRR vs X-ray (MSE)", "val_drr_mse"))
         },
         "Performance": {
             title: lines(*(tag(s, name) for s in stages))

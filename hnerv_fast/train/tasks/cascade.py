@@ -29,8 +29,9 @@ from hnerv_fast.logging.layouts import CascadeTags as T
 from hnerv_fast.models.cascade import CascadeStage, StageConfig
 from hnerv_fast.models.cascade_diffusion import diffusion_and_physics_loss, sample_stage
 from hnerv_fast.models.cascade_io import load_stage_model
+from hnerv_fast.models.volume_metrics import volume_psnr, volume_ssim
 from hnerv_fast.models.diffusion import CosineSchedule, sample_timesteps
-from hnerv_fast.models.drr import drr
+from hnerv_fast.models.drr import drr, physics_loss
 from hnerv_fast.train import distributed, precision
 from hnerv_fast.train.engine import Batch, Task, epoch_batches
 from hnerv_fast.train.health_hook import HealthReporter
@@ -280,7 +281,8 @@ class CascadeStageTask(Task):
 
     @torch.no_grad()
     def log_samples(self, epoch: int) -> None:
-        """DDIM samples of the first val_samples validation cases: middle depth slice, GT | sample."""
+        """DDIM samples of the first val_samples validation cases: middle depth slice, GT | sample, as images;
+        their PSNR and 3D SSIM against the ground truth and their DRRs' MSE against the input X-rays."""
         d = self.data
         rows = d.val_rows[: self.cfg.train.val_samples]
         x0, xrays, prev = self._inputs(rows)
@@ -291,6 +293,9 @@ class CascadeStageTask(Task):
             sample = sample_stage(self.model, self.schedule, xrays, prev, self.cfg.diffusion.ddim_steps,
                                   x_T=x_T).float()
         self.model.train()
+        quality = (volume_psnr(sample, x0).mean(), volume_ssim(sample, x0).mean(),
+                   physics_loss(sample, xrays, self.views, at=self.cfg.diffusion.physics_at))
+        self.writer.add_scalars(epoch, {T.tag(self.name, n): v for n, v in zip(T.SAMPLE_QUALITY, quality)})
         mid = self.size // 2
         for i, row in enumerate(rows.tolist()):
             gt, pred = x0[i, 0, mid], sample[i, 0, mid]  # [H, W]
