@@ -190,6 +190,9 @@ class Task(ABC):
     def on_step(self, epoch: int, global_step: int, metrics: torch.Tensor, norms: torch.Tensor) -> None:
         """Per-step hook (logging of device tensors only)."""
 
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer, taken: torch.Tensor) -> None:
+        """After each optimizer step (`taken`: a device bool, False when the step was skipped); device work only."""
+
     @abstractmethod
     def end_epoch(self, epoch: int, sums: torch.Tensor, steps: torch.Tensor, lr: torch.Tensor, seconds: float,
                   perf: dict[str, Any], skipped: torch.Tensor) -> float | None:
@@ -302,6 +305,7 @@ class Engine:
         self._skip_unless(finite & torch.isfinite(norms[0]))
         self.scaler.step(self.optimizer)  # plain optimizer.step() when disabled
         self.scaler.update()
+        self.task.after_optimizer_step(self.optimizer, self.step_finite)
         return metrics, norms
 
     def _skip_unless(self, finite: torch.Tensor) -> None:

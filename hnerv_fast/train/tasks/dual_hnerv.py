@@ -99,6 +99,17 @@ class DualHNeRVTask(Task):
         return epoch_batches(len(self.split_ids["train"]), t.batch_size, epoch, t.seed, t.drop_last, self.device,
                              t.grad_accum_steps)
 
+    def after_optimizer_step(self, optimizer: torch.optim.Optimizer, taken: torch.Tensor) -> None:
+        # The published trainer gives the CLIP head no optimizer state before the warmup ends. Here its gradient is
+        # zero during the warmup, so its moments stay 0 and its weights unchanged, but fused Adam still counts the
+        # steps, and the first real updates would get almost no bias correction (up to ~6x larger steps): take
+        # the warmup's steps back off its count, on the device (no host sync, no recompile).
+        undo = (1.0 - self.clip_active) * taken
+        for p in self.model.clip_head.parameters():
+            step = optimizer.state.get(p, {}).get("step")
+            if step is not None:
+                step.sub_(undo)
+
     def begin_epoch(self, epoch: int) -> None:
         # Warmup epochs 1..N train pixels only; the flag is a tensor so flipping it does not recompile.
         self.clip_active.fill_(float(epoch > self.cfg.loss.pixel_loss_warmup_epochs))
