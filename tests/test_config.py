@@ -1,6 +1,7 @@
 import pytest
 
 from hnerv_fast.config import ConfigError, Cosine, DataSplit, DualHNeRVConfig, Embed, from_dict, load_config, to_dict
+from tests.imports import modules_loaded_by, within
 
 TINY = "configs/dual_hnerv_tiny.yaml"
 
@@ -89,14 +90,6 @@ def test_config_name_lists_match_their_torch_side_owners():
 
 
 def test_config_imports_no_torch_and_no_train_models_logging():
-    import subprocess
-    import sys
-
-    code = (
-        "import sys\nimport hnerv_fast.config\n"
-        "bad = [m for m in sys.modules if m == 'torch' or m.split('.')[:2] in "
-        "(['hnerv_fast','train'], ['hnerv_fast','logging'], ['hnerv_fast','models'], ['hnerv_fast','data'])]\n"
-        "assert not bad, bad\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    loaded = modules_loaded_by("hnerv_fast.config")
+    bad = within(loaded, "torch", "hnerv_fast.train", "hnerv_fast.logging", "hnerv_fast.models", "hnerv_fast.data")
+    assert not bad, bad

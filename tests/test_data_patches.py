@@ -13,6 +13,7 @@ from hnerv_fast.data.patches import (
     to_patches,
 )
 from hnerv_fast.data.video import DataError
+from tests.imports import modules_loaded_by, within
 
 
 # ------------------------------------------------------------------ grid
@@ -179,16 +180,7 @@ def test_sample_ids():
 
 
 def test_data_modules_do_not_import_train_logging_models():
-    import subprocess
-    import sys
-
-    code = (
-        "import sys\n"
-        "import hnerv_fast.data.video, hnerv_fast.data.patches, hnerv_fast.data.clip_targets\n"
-        "bad = [m for m in sys.modules if m.split('.')[:2] in "
-        "(['hnerv_fast','train'], ['hnerv_fast','logging'], ['hnerv_fast','models'])]\n"
-        "assert not bad, bad\n"
-        "assert 'open_clip' not in sys.modules, 'open_clip must be imported lazily'\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    loaded = modules_loaded_by("hnerv_fast.data.video", "hnerv_fast.data.patches", "hnerv_fast.data.clip_targets")
+    bad = within(loaded, "hnerv_fast.train", "hnerv_fast.logging", "hnerv_fast.models")
+    assert not bad, bad
+    assert "open_clip" not in loaded, "open_clip must be imported lazily"
