@@ -23,5 +23,4 @@ class RunPlan:
     layout: Any  # custom_scalars layout
     fits: Callable[[Any], Iterator[Any]]  # writer -> Engines, built in turn
     mirrors: Callable[[], list] = field(default=list)  # rank 0's extra scalar sinks (e.g. W&B), closed at the end
-    banner: str | None = None  # rank 0 prints it before the first fit
     view_dir: Path | None = None  # what `tensorboard --logdir` should point at (default: logdir)

@@ -37,8 +37,6 @@ def run(cfg, resume: str | None = None) -> Path:
                     mirrors = plan.mirrors()
                     for mirror in mirrors:
                         writer.add_mirror(mirror)
-                    if plan.banner:
-                        print(plan.banner)
                 writer.add_custom_scalars(plan.layout)
                 while engine is not None:
                     engine.fit()

@@ -1,7 +1,7 @@
 """Hybrid ViT cascade task (X-ray -> CT, one conditional-diffusion stage per resolution).
 
-One :class:`CascadeStageTask` per stage; `cascade_run.run` trains the stages in order, each with its
-own Engine (AdamW, its own epochs / batch size / lr). Pieces:
+One :class:`CascadeStageTask` per stage; `cascade_run.build` hands the trainer the stages in order, each with
+its own Engine (AdamW, its own epochs / batch size / lr). Pieces:
 
 * :func:`load_cascade_data` - every case of the run (:mod:`hnerv_fast.data.cascade_data`), with the
   physics loss's DRR as the projector of CT cases without X-ray files.
@@ -184,9 +184,9 @@ class CascadeStageTask(Task):
                                  fused=True)
 
     def lr_multiplier(self, progress: float) -> float:
-        schedule = self.cfg.train.schedule
         if self.plateau is not None:
             return self.plateau.multiplier
+        schedule = self.cfg.train.schedule
         return 1.0 if schedule is None else cosine_multiplier(progress, *schedule)
 
     def grad_groups(self):
