@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from hnerv_fast.train.trainer import run_from_args
+import hnerv_fast.train.tasks.dual_hnerv as dual
+from hnerv_fast.config import load_config
+from hnerv_fast.train import checkpoint as ckpt
+from hnerv_fast.train.trainer import run, run_from_args
 from tests.event_files import load_events, scalar_series
 from tests.hot_loop import cascade_engine, dual_engine
 
@@ -16,8 +19,12 @@ TINY = "configs/dual_hnerv_tiny.yaml"
 
 def _snapshot(engine):
     params = [p.detach().clone() for p in engine.task.model.parameters()]
-    state = {k: v.clone() for s in engine.optimizer.state.values() for k, v in s.items()}
+    state = [{k: v.clone() for k, v in s.items()} for s in engine.optimizer.state.values()]  # every parameter's
     return params, state
+
+
+def _same(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def _poison_batch(task, batch):
@@ -33,11 +40,11 @@ def test_a_nan_batch_changes_no_weight_and_no_optimizer_state(tmp_path):
     _poison_batch(task, bad)
     engine.train_step(bad)
     params, state = _snapshot(engine)
-    assert all(torch.equal(a, b) for a, b in zip(before[0], params))
-    assert all(torch.equal(before[1][k], state[k]) for k in state)  # moments and step counts too
+    assert _same(before[0], params)
+    assert all(_same(b.values(), s.values()) for b, s in zip(before[1], state, strict=True))  # moments, step counts
     assert engine.skipped.item() == 1 and engine.bad_run.item() == 1
     engine.train_step(after)  # a finite step updates again and ends the run of bad steps
-    assert not torch.equal(before[0][0], engine.task.model.parameters().__next__())
+    assert not torch.equal(before[0][0], next(engine.task.model.parameters()))
     assert engine.bad_run.item() == 0 and engine.worst_run.item() == 1
 
 
@@ -50,16 +57,12 @@ def test_the_cascade_skips_a_nan_xray_batch(tmp_path):
     task.data.xrays[task.data.train_rows[second.ids[0]]] = float("nan")
     engine.train_step(second)
     params, _ = _snapshot(engine)
-    assert all(torch.equal(a, b) for a, b in zip(before[0], params))
+    assert _same(before[0], params)
     assert engine.skipped.item() == 1
 
 
 def test_skipped_steps_are_logged_per_epoch_and_warned_once(tmp_path, capsys, monkeypatch):
     """One poisoned sample: one bad step per epoch (9 steps), far below max_bad_steps; the run finishes."""
-    import hnerv_fast.train.tasks.dual_hnerv as dual
-    from hnerv_fast.config import load_config
-    from hnerv_fast.train.trainer import run
-
     original = dual.DualHNeRVTask.begin_epoch
 
     def poison_one_sample(self, epoch):
@@ -81,8 +84,6 @@ def _overrides(tmp_path):
 
 def test_too_many_bad_steps_in_a_row_stop_the_run_with_exit_code_3(tmp_path, capsys, monkeypatch):
     """Every sample poisoned from epoch 2 on: epoch 1's checkpoint stays, epoch 2 stops the run (exit 3)."""
-    import hnerv_fast.train.tasks.dual_hnerv as dual
-
     original = dual.DualHNeRVTask.begin_epoch
 
     def poison_from_epoch_2(self, epoch):
@@ -98,7 +99,5 @@ def test_too_many_bad_steps_in_a_row_stop_the_run_with_exit_code_3(tmp_path, cap
     assert "train.max_bad_steps=4" in err and "Traceback" not in err
     saved = sorted(p.name for p in out.rglob("*.pt"))
     assert saved and all("latest" in n or "epoch" in n or "best" in n for n in saved)
-    from hnerv_fast.train import checkpoint as ckpt
-
     latest = next(p for p in out.rglob("latest.pt"))
     assert ckpt.load(latest)["epoch"] == 1
