@@ -54,7 +54,7 @@ def test_cascade_stage_step(benchmark, setup, amp, compile_mode):
     cfg.train.amp, cfg.train.compile = amp, compile_mode
     torch._dynamo.reset()
     task = CascadeStageTask(cfg, STAGE, data, prev, device)
-    engine = Engine(task, cfg.stage_engine(STAGE), device, tmp / "ckpt")
+    engine = Engine(task, cfg.stage_train(STAGE), device, tmp / "ckpt")
     batches = (task.train_batches(1) * STEPS)[:STEPS]  # repeat a short epoch: STEPS steps per round
     _steps(engine, batches, device)  # warm-up (and compile)
     benchmark.pedantic(_steps, args=(engine, batches, device), rounds=3, iterations=1)

@@ -53,11 +53,11 @@ def load_cascade(checkpoint: str | Path, device: torch.device, stages_dir: str |
     folder = Path(stages_dir) if stages_dir is not None else checkpoint.parent
     models = [load_stage_model(folder / f"{earlier}_final.pt", device)[0] for earlier in order[: order.index(name)]]
     models.append(model)
-    first = models[-1].config
+    last = models[-1]
     for m in models[:-1]:
-        if m.config.views != first.views or m.config.xray_size != first.xray_size:
-            raise SampleError(f"stage {m.config.name!r} takes {m.config.num_views} view(s) {m.config.views} at "
-                              f"{m.config.xray_size} px but {first.name!r} takes {first.views} at {first.xray_size} px")
+        if m.views != last.views or m.xray_size != last.xray_size:
+            raise SampleError(f"stage {m.name!r} takes {len(m.views)} view(s) {m.views} at "
+                              f"{m.xray_size} px but {last.name!r} takes {last.views} at {last.xray_size} px")
     return models, state
 
 
@@ -105,7 +105,7 @@ def sample(checkpoint: str | Path, xrays: list[str], out: str | Path, steps: int
     models, state = load_cascade(checkpoint, dev, stages_dir)
     cfg = state.get("config", {})
     diffusion = cfg.get("diffusion", {})
-    last = models[-1].config
+    last = models[-1]
     images = load_xrays(list(xrays), last.views, last.xray_size).to(dev)
     schedule = CosineSchedule(int(diffusion.get("timesteps", 1000)), device=dev)
     generator = torch.Generator(device=dev).manual_seed(seed)

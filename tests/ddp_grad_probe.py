@@ -21,7 +21,7 @@ def main(batch_size: str, out: str) -> None:
         data = load_cascade_data(cfg, device)
         torch.manual_seed(0)
         task = CascadeStageTask(cfg, "stage_16", data, None, device)
-        engine = Engine(task, cfg.stage_engine("stage_16"), device, checkpoint_dir=out + ".ckpt")
+        engine = Engine(task, cfg.stage_train("stage_16"), device, checkpoint_dir=out + ".ckpt")
         torch.manual_seed(5)
         metrics, norms = engine.train_step(task.train_batches(1)[0])
         grad = torch.cat([p.grad.flatten() for p in task.model.parameters()])

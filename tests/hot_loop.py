@@ -26,7 +26,7 @@ def cascade_engine(tmp_path, device: torch.device, *overrides: str) -> tuple[Cas
     name = cfg.cascade_order()[-1]
     prev = Conditioning(cfg, data, device, tmp_path / "ckpt").for_stage(name)
     task = CascadeStageTask(cfg, name, data, prev, device)
-    return task, Engine(task, cfg.stage_engine(name), device, tmp_path / "ckpt")
+    return task, Engine(task, cfg.stage_train(name), device, tmp_path / "ckpt")
 
 
 def run_guarded_steps(engine, task, writer, guard) -> None:

@@ -1,21 +1,25 @@
 """Cascade stage model: ViT pieces, shapes, gradients, validation, loss helper, sampling."""
 
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from hnerv_fast.models.cascade import (CascadeStage, DepthLift, StageConfig, reference_stage_configs,
-                                       tiny_stage_configs, upsample_volume)
+from hnerv_fast.config import ConfigError, load_config
+from hnerv_fast.config.cascade import StageConfig
+from hnerv_fast.models.cascade import CascadeStage, DepthLift, upsample_volume
 from hnerv_fast.models.cascade_diffusion import diffusion_and_physics_loss, sample_cascade, sample_stage
 from hnerv_fast.models.diffusion import CosineSchedule, q_sample, v_target
 from hnerv_fast.models.drr import drr_views
 from hnerv_fast.models.vit3d import AdaLNBlock, patchify3d, timestep_embedding, unpatchify3d
 
 
-def _tiny(S=16, views=2, xa=False, **kw):
-    return StageConfig(f"stage_{S}", S, 64, 2, 2, patch_size=4, xray_size=32, num_views=views,
-                       encoder_channels=16, lift_channels=4, mlp_ratio=2.0, cross_attention=xa,
-                       **kw)
+def _tiny(S=16, views=2, xa=False, xray_size=32, **kw):
+    """A small stage model (as configs/cascade_tiny.yaml's) with the first ``views`` views."""
+    stage = StageConfig(size=S, width=64, depth=2, heads=2, patch=4, encoder_channels=16, lift_channels=4,
+                        mlp_ratio=2.0, cross_attention=xa, **kw)
+    return CascadeStage(stage, f"stage_{S}", xray_size, ("frontal", "lateral")[:views])
 
 
 @pytest.fixture(scope="module")
@@ -71,32 +75,27 @@ def test_depth_lift_orientation():
 
 
 # -- config ------------------------------------------------------------------------------------
-def test_stage_config_validation_and_roundtrip():
-    cfg = _tiny()
-    assert cfg.views == ("frontal", "lateral") and cfg.grid == 4 and cfg.num_tokens == 64
-    assert StageConfig.from_dict(cfg.to_dict()) == cfg
+def test_the_stage_section_is_the_model_spec():
+    model = _tiny()
+    assert model.views == ("frontal", "lateral") and model.size == 16
+    assert model.stage.grid == 4 and model.stage.num_tokens == 64 == model.pos_embed.shape[1]
     assert _tiny(views=1).views == ("frontal",)
-    with pytest.raises(ValueError, match="divisible by patch_size"):
-        StageConfig("s", 18, 64, 2, 2, 4, 32)
-    with pytest.raises(ValueError, match="num_heads"):
-        StageConfig("s", 16, 63, 2, 2, 4, 32)
-    with pytest.raises(ValueError):
-        StageConfig("s", 16, 64, 2, 2, 4, 32, num_views=2, views=("frontal",))
-    with pytest.raises(ValueError):
-        StageConfig("s", 16, 64, 2, 2, 4, 32, num_views=1, views=("axial",))
-    with pytest.raises(ValueError):
-        StageConfig("s", 16, 64, 2, 2, 4, 32, num_views=3)
-    with pytest.raises(ValueError, match="unknown"):
-        StageConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+    for stage, match in [(StageConfig(size=18, patch=4), "stages.s.patch: size 18 is not divisible by patch 4"),
+                         (StageConfig(width=63, heads=2), "stages.s.heads: width 63"),
+                         (StageConfig(depth=0), "stages.s.depth: must be >= 1")]:
+        with pytest.raises(ConfigError, match=match):
+            CascadeStage(stage, "s", 32, ("frontal",))
+    for views in [("axial",), ("frontal", "frontal"), ("frontal", "lateral", "frontal")]:
+        with pytest.raises(ConfigError, match="views"):
+            CascadeStage(StageConfig(size=16), "s", 32, views)
 
 
-def test_reference_and_tiny_configs():
-    ref = reference_stage_configs()
-    assert [(c.volume_size, c.voxel_dim, c.depth, c.num_heads) for c in ref] == [
-        (64, 256, 4, 4), (128, 384, 6, 6), (256, 512, 8, 8)]
-    assert all(c.xray_size == 512 and c.num_views == 2 for c in ref)
-    assert [c.volume_size for c in tiny_stage_configs()] == [16, 32]
-    m = CascadeStage(ref[0])            # the 64^3 model builds (no forward on CPU)
+def test_default_config_holds_the_published_stages():
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "cascade_default.yaml")
+    assert [(cfg.stages[n].size, cfg.stages[n].width, cfg.stages[n].depth, cfg.stages[n].heads)
+            for n in cfg.cascade_order()] == [(64, 256, 4, 4), (128, 384, 6, 6), (256, 512, 8, 8)]
+    assert cfg.data.xray_size == 512 and len(cfg.data.views) == 2
+    m = CascadeStage(cfg.stages["stage_64"], "stage_64", cfg.data.xray_size, cfg.data.views)  # builds; no forward on CPU
     assert m.pos_embed.shape == (1, 4096, 256)
 
 
@@ -106,8 +105,7 @@ def test_reference_and_tiny_configs():
 @pytest.mark.parametrize("xa", [False, True])
 def test_forward_shapes_and_all_parameters_get_gradients(views, with_prev, xa):
     torch.manual_seed(0)
-    cfg = _tiny(16, views, xa)
-    model = CascadeStage(cfg)
+    model = _tiny(16, views, xa)
     B = 2
     x = torch.randn(B, 1, 16, 16, 16)
     t = torch.tensor([3, 800])
@@ -123,7 +121,7 @@ def test_forward_shapes_and_all_parameters_get_gradients(views, with_prev, xa):
 
 def test_inputs_condition_the_output():
     torch.manual_seed(0)
-    model = CascadeStage(_tiny()).eval()
+    model = _tiny().eval()
     x, t = torch.randn(1, 1, 16, 16, 16), torch.tensor([500])
     xr, prev = torch.rand(1, 2, 32, 32), torch.rand(1, 1, 8, 8, 8)
     base = model(x, t, xr, prev)
@@ -133,7 +131,7 @@ def test_inputs_condition_the_output():
 
 
 def test_shape_errors_are_clear():
-    model = CascadeStage(_tiny(16, 2))
+    model = _tiny(16, 2)
     x, t, xr = torch.randn(2, 1, 16, 16, 16), torch.tensor([1, 2]), torch.rand(2, 2, 32, 32)
     with pytest.raises(ValueError, match="x_t"):
         model(torch.randn(2, 1, 32, 32, 32), t, xr)
@@ -153,8 +151,8 @@ def test_shape_errors_are_clear():
 
 def test_grad_checkpointing_matches():
     torch.manual_seed(0)
-    a = CascadeStage(_tiny())
-    b = CascadeStage(_tiny(grad_checkpointing=True))
+    a = _tiny()
+    b = _tiny(grad_checkpointing=True)
     b.load_state_dict(a.state_dict())
     x, t, xr = torch.randn(1, 1, 16, 16, 16), torch.tensor([5]), torch.rand(1, 2, 32, 32)
     oa, ob = a(x, t, xr), b(x, t, xr)
@@ -182,7 +180,7 @@ def _batch(S=16, views=("frontal", "lateral"), B=2):
 
 def test_loss_helper_values_and_determinism(sched):
     torch.manual_seed(0)
-    model = CascadeStage(_tiny())
+    model = _tiny()
     x0, xr = _batch()
     prev = torch.rand(2, 1, 8, 8, 8)
     total, dif, phy = diffusion_and_physics_loss(model, sched, x0, xr, None, prev, 0.5,
@@ -206,9 +204,7 @@ def test_loss_helper_values_and_determinism(sched):
 
 def test_few_steps_of_training_reduce_the_loss(sched):
     torch.manual_seed(0)
-    cfg = StageConfig("s8", 8, 64, 2, 2, patch_size=4, xray_size=16, num_views=1,
-                      encoder_channels=16, lift_channels=4, mlp_ratio=2.0)
-    model = CascadeStage(cfg)
+    model = _tiny(8, views=1, xray_size=16)
     x0 = torch.rand(2, 1, 8, 8, 8, generator=torch.Generator().manual_seed(0))
     xr = drr_views(x0, ("frontal",), out_size=16)
     t, noise = torch.tensor([200, 600]), torch.randn_like(x0)
@@ -226,7 +222,7 @@ def test_few_steps_of_training_reduce_the_loss(sched):
 
 def test_sample_stage_and_cascade(sched):
     torch.manual_seed(0)
-    stages = [CascadeStage(c).eval() for c in tiny_stage_configs(num_views=2, sizes=(8, 16))]
+    stages = [_tiny(S, views=2).eval() for S in (8, 16)]
     xr = torch.rand(2, 2, 32, 32)
     vols = sample_cascade(stages, sched, xr, steps=3, generator=torch.Generator().manual_seed(0))
     assert [v.shape for v in vols] == [(2, 1, 8, 8, 8), (2, 1, 16, 16, 16)]

@@ -180,7 +180,7 @@ def test_cascade_reduce_overhead_trains_and_logs(tmp_path):
     seed_everything(cfg.train.seed, deterministic=False)
     data = load_cascade_data(cfg, device)
     task = CascadeStageTask(cfg, "stage_16", data, None, device)
-    engine = Engine(task, cfg.stage_engine("stage_16"), device, tmp_path)
+    engine = Engine(task, cfg.stage_train("stage_16"), device, tmp_path)
     with AsyncSummaryWriter(str(tmp_path / "tb")) as writer:
         task.writer = writer
         engine.cfg.stop_after = 1

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from hnerv_fast.models.blocks import PositionalEncoding
-from hnerv_fast.models.hnerv_dual import DualHNeRV, DualHNeRVSpec
+from hnerv_fast.config.dual import HNeRVModelConfig
+from hnerv_fast.models.hnerv_dual import DualHNeRV
 from hnerv_fast.train.schedule import cosine_multiplier
 
 
@@ -23,11 +24,11 @@ def test_positional_encoding_values():
 @pytest.mark.parametrize("fc_hw, strides, out_act", [((4, 4), (2, 2, 2), "tanh"), ((2, 4), (4, 2), "sigmoid"),
                                                      ((1, 1), (5,), "none")])
 def test_output_shapes_and_ranges(fc_hw, strides, out_act):
-    spec = DualHNeRVSpec(pe_levels=8, fc_dim=24, fc_hw=fc_hw, dec_strds=strides, lower_width=8, out_act=out_act,
-                         clip_dim=40)
-    model = DualHNeRV(spec)
+    config = HNeRVModelConfig(embed="pe_1.25_8", fc_dim=24, fc_hw=list(fc_hw), dec_strds=list(strides), lower_width=8,
+                              out_act=out_act)
+    model = DualHNeRV(config, clip_dim=40)
     rgb, clip = model(torch.rand(5, 3))
-    h, w = spec.output_size()
+    h, w = config.output_size()
     assert rgb.shape == (5, 3, h, w) == (5, 3, fc_hw[0] * math.prod(strides), fc_hw[1] * math.prod(strides))
     assert clip.shape == (5, 40)
     assert torch.allclose(clip.norm(dim=-1), torch.ones(5), atol=1e-5)
@@ -36,14 +37,16 @@ def test_output_shapes_and_ranges(fc_hw, strides, out_act):
 
 
 def test_widths_shrink_and_floor_and_kernels_grow():
-    spec = DualHNeRVSpec(fc_dim=96, dec_strds=(5, 4, 2, 2, 2), reduce=1.2, lower_width=32)
-    assert spec.widths() == [80, 67, 56, 47, 39]
-    assert DualHNeRVSpec(fc_dim=40, dec_strds=(2, 2, 2), lower_width=32).widths() == [33, 32, 32]
-    assert spec.kernels() == [1, 3, 5, 5, 5]
+    config = HNeRVModelConfig(fc_dim=96, dec_strds=[5, 4, 2, 2, 2], reduce=1.2, lower_width=32)
+    assert config.widths() == [80, 67, 56, 47, 39]
+    assert HNeRVModelConfig(fc_dim=40, dec_strds=[2, 2, 2], lower_width=32).widths() == [33, 32, 32]
+    assert config.kernels() == [1, 3, 5, 5, 5]
+    model = DualHNeRV(config, clip_dim=8)
+    assert [block.conv.kernel_size[0] for block in model.blocks] == [1, 3, 5, 5, 5]
 
 
 def test_param_groups_cover_every_parameter_once():
-    model = DualHNeRV(DualHNeRVSpec(pe_levels=4, fc_dim=16, lower_width=8, clip_dim=8))
+    model = DualHNeRV(HNeRVModelConfig(embed="pe_1.25_4", fc_dim=16, lower_width=8), clip_dim=8)
     groups = model.param_groups()
     assert list(groups) == ["decoder", "rgb_head", "clip_head"]
     ids = [id(p) for params in groups.values() for p in params]
@@ -51,7 +54,7 @@ def test_param_groups_cover_every_parameter_once():
 
 
 def test_bad_coords_shape():
-    model = DualHNeRV(DualHNeRVSpec(pe_levels=4, fc_dim=16, lower_width=8, clip_dim=8))
+    model = DualHNeRV(HNeRVModelConfig(embed="pe_1.25_4", fc_dim=16, lower_width=8), clip_dim=8)
     with pytest.raises(ValueError, match="coords"):
         model(torch.rand(4, 2))
 
@@ -67,7 +70,7 @@ def test_cosine_schedule():
 
 def test_the_stem_is_followed_by_the_activation():
     """As HNeRV's stem block (1x1 conv, then the activation): with ReLU the first block only sees values >= 0."""
-    model = DualHNeRV(DualHNeRVSpec(act="relu", fc_hw=(2, 2), dec_strds=(2,)))
+    model = DualHNeRV(HNeRVModelConfig(act="relu", fc_hw=[2, 2], dec_strds=[2]), clip_dim=512)
     seen = []
     model.blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     model(torch.rand(8, 3))

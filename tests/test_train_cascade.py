@@ -46,7 +46,7 @@ def series(acc, stage: str, name: str) -> list[tuple[int, float]]:
 def steps_per_epoch(cfg: CascadeConfig, stage: str) -> int:
     d = cfg.data
     n_train = d.num_cases - min(max(1, round(d.val_fraction * d.num_cases)), d.num_cases - 1)
-    return n_train // min(cfg.stage_engine(stage).batch_size, n_train)
+    return n_train // min(cfg.stage_train(stage).batch_size, n_train)
 
 
 # ------------------------------------------------------------------------------- tag contract
@@ -60,7 +60,7 @@ def test_exactly_the_contract_tags_per_stage(tiny_run):
 def test_cadence_steps_and_epochs(tiny_run):
     cfg, _, acc = tiny_run
     for stage in STAGES:
-        e = cfg.stage_engine(stage)
+        e = cfg.stage_train(stage)
         total = e.epochs * steps_per_epoch(cfg, stage)
         every = e.log_every_steps
         assert every > 1 and total >= 2 * every  # the cadence is actually exercised
@@ -80,7 +80,7 @@ def test_loss_identities_lr_and_time(tiny_run):
             phys = [v for _, v in series(acc, stage, f"{prefix}physics{suffix}")]
             np.testing.assert_allclose(total, np.add(diff, np.multiply(w, phys)), rtol=1e-5, atol=1e-6)
             assert all(p > 0 for p in phys)
-        assert [v for _, v in series(acc, stage, "learning_rate")] == pytest.approx([cfg.stage_engine(stage).lr] * 8)
+        assert [v for _, v in series(acc, stage, "learning_rate")] == pytest.approx([cfg.stage_train(stage).lr] * 8)
         assert all(v > 0 for _, v in series(acc, stage, "epoch_time"))
 
 
@@ -90,7 +90,7 @@ def test_sample_images_and_layout(tiny_run):
     for stage in STAGES:
         tags = [g for g in acc.Tags()["images"] if g.startswith(T.tag(stage, T.IMAGES) + "/")]
         assert len(tags) == t.val_samples
-        epochs = cfg.stage_engine(stage).epochs
+        epochs = cfg.stage_train(stage).epochs
         for tag in tags:
             assert [im.step for im in acc.Images(tag)] == list(range(t.sample_every, epochs + 1, t.sample_every))
             assert acc.Images(tag)[0].width == 2 * cfg.stages[stage].size + 1  # GT | sample
@@ -252,8 +252,8 @@ def test_default_config_is_the_reference():
     assert t.conditioning == "generated" and cfg.diffusion.timesteps == 1000 and cfg.data.xray_size == 512
     assert cfg.wandb.mode == "disabled" and cfg.output.checkpoint_dir == "checkpoints"
     tiny = load_config(TINY, ["stages.stage_32.epochs=5", "stages.stage_32.lr=0.01"])
-    assert tiny.stage_engine("stage_32").epochs == 5 and tiny.stage_engine("stage_32").lr == 0.01
-    assert tiny.stage_engine("stage_16").epochs == tiny.train.epochs
+    assert tiny.stage_train("stage_32").epochs == 5 and tiny.stage_train("stage_32").lr == 0.01
+    assert tiny.stage_train("stage_16").epochs == tiny.train.epochs
 
 
 # ------------------------------------------------------------------------------------ W&B (optional)

@@ -46,23 +46,50 @@ class CascadeDataConfig:
     supersample: int = 2  # phantoms: k^3 sub-samples per voxel (partial-volume voxels); 1 = faster
 
 
+def check_views(views, key: str) -> None:
+    check(1 <= len(views) <= len(VIEWS) and len(set(views)) == len(views) and all(v in VIEWS for v in views),
+          key, f"{list(views)} must be 1-{len(VIEWS)} distinct names from {list(VIEWS)}")
+
+
 @dataclass
-class StageSettings:
-    """One cascade stage; the stage's key in `stages` is its name (tags, checkpoint file names)."""
+class StageConfig:
+    """One entry of `stages` (its key is the stage's name: tags, checkpoint file names): the stage's network,
+    which models/cascade.py CascadeStage is built from, and its per-stage training overrides."""
 
     size: int = 64  # volume edge S (S^3 voxels)
-    width: int = 256  # transformer width (voxel_dim)
-    depth: int = 4
-    heads: int = 4
-    patch: int = 4  # 3D patch edge; tokens = (size / patch)^3
+    width: int = 256  # transformer width
+    depth: int = 4  # AdaLN transformer blocks
+    heads: int = 4  # attention heads (width % heads == 0)
+    patch: int = 4  # 3D patch edge p (size % p == 0); tokens = (size / patch)^3
     mlp_ratio: float = 4.0
-    encoder_channels: int = 32
-    lift_channels: int = 8
-    cross_attention: bool = False
-    grad_checkpointing: bool = False
+    encoder_channels: int = 32  # width of the 2D X-ray conv encoder
+    lift_channels: int = 8  # channels of the lifted 3D X-ray feature volume
+    cross_attention: bool = False  # volume tokens also attend to X-ray tokens in every block
+    grad_checkpointing: bool = False  # recompute the blocks in backward (memory for 128^3 / 256^3)
     epochs: Optional[int] = None  # null = train.epochs
     batch_size: Optional[int] = None  # null = train.batch_size
     lr: Optional[float] = None  # null = train.lr
+
+    @property
+    def grid(self) -> int:
+        """Patch grid edge G = size / patch."""
+        return self.size // self.patch
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid ** 3
+
+    def validate(self, key: str) -> None:
+        """``key``: where the section sits (``stages.<name>``), for the messages."""
+        for f in ("size", "width", "depth", "heads", "patch", "encoder_channels", "lift_channels"):
+            v = getattr(self, f)
+            check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{key}.{f}", f"must be >= 1, got {v!r}")
+        check(self.size % self.patch == 0, f"{key}.patch", f"size {self.size} is not divisible by patch {self.patch}")
+        check(self.width % self.heads == 0, f"{key}.heads", f"width {self.width} is not divisible by heads {self.heads}")
+        check(self.mlp_ratio > 0, f"{key}.mlp_ratio", "must be > 0")
+        check(self.epochs is None or self.epochs >= 1, f"{key}.epochs", f"must be >= 1, got {self.epochs}")
+        check(self.batch_size is None or self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
+        check(self.lr is None or self.lr > 0, f"{key}.lr", f"must be > 0, got {self.lr}")
 
 
 @dataclass
@@ -125,7 +152,7 @@ class CascadeOutputConfig:
 class CascadeConfig:
     task: str = "cascade"
     data: CascadeDataConfig = field(default_factory=CascadeDataConfig)
-    stages: Dict[str, StageSettings] = field(default_factory=dict)  # defined in the YAML (configs/cascade_*.yaml)
+    stages: Dict[str, StageConfig] = field(default_factory=dict)  # defined in the YAML (configs/cascade_*.yaml)
     train: CascadeTrainConfig = field(default_factory=CascadeTrainConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
@@ -141,7 +168,7 @@ class CascadeConfig:
     def stages_to_train(self) -> List[str]:
         return list(self.train.stages) or self.cascade_order()
 
-    def stage_engine(self, name: str) -> CascadeTrainConfig:
+    def stage_train(self, name: str) -> CascadeTrainConfig:
         """train.* with the stage's epochs / batch_size / lr filled in (what the Engine of that stage reads)."""
         s = self.stages[name]
         epochs = s.epochs if s.epochs is not None else self.train.epochs
@@ -164,9 +191,7 @@ class CascadeConfig:
         check(0.0 < d.val_fraction < 1.0, "data.val_fraction", f"must be in (0, 1), got {d.val_fraction}")
         check(d.xray_size >= 1, "data.xray_size", f"must be >= 1, got {d.xray_size}")
         check(d.supersample >= 1, "data.supersample", f"must be >= 1, got {d.supersample}")
-        check(1 <= len(d.views) <= len(VIEWS) and len(set(d.views)) == len(d.views)
-              and all(v in VIEWS for v in d.views), "data.views",
-              f"{list(d.views)} must be 1-{len(VIEWS)} distinct names from {list(VIEWS)}")
+        check_views(d.views, "data.views")
         self._validate_stages()
         check(t.conditioning in CASCADE_CONDITIONING, "train.conditioning",
               f"{t.conditioning!r} not in {CASCADE_CONDITIONING}")
@@ -193,14 +218,7 @@ class CascadeConfig:
         for name, s in self.stages.items():
             key = f"stages.{name}"
             check(STAGE_NAME_RE.fullmatch(name) is not None, key, "stage names may hold letters, digits, _ . -")
-            for f in ("size", "width", "depth", "heads", "patch", "encoder_channels", "lift_channels"):
-                check(getattr(s, f) >= 1, f"{key}.{f}", f"must be >= 1, got {getattr(s, f)}")
-            check(s.size % s.patch == 0, f"{key}.patch", f"size {s.size} is not divisible by patch {s.patch}")
-            check(s.width % s.heads == 0, f"{key}.heads", f"width {s.width} is not divisible by heads {s.heads}")
-            check(s.mlp_ratio > 0, f"{key}.mlp_ratio", "must be > 0")
-            check(s.epochs is None or s.epochs >= 1, f"{key}.epochs", f"must be >= 1, got {s.epochs}")
-            check(s.batch_size is None or s.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
-            check(s.lr is None or s.lr > 0, f"{key}.lr", f"must be > 0, got {s.lr}")
+            s.validate(key)
             check(s.size not in sizes, f"{key}.size", f"{s.size} is also the size of stage {sizes.get(s.size)!r}")
             sizes[s.size] = name
         order = self.cascade_order()

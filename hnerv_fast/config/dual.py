@@ -6,6 +6,7 @@ by `validate()` (so a bad string fails at load time) and read by the task.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -99,6 +100,8 @@ class ClipConfig:
 
 @dataclass
 class HNeRVModelConfig:
+    """The `model` section, which is also the architecture DualHNeRV (models/hnerv_dual.py) is built from."""
+
     embed: str = "pe_1.25_80"
     fc_dim: int = 96
     fc_hw: List[int] = field(default_factory=lambda: [4, 4])
@@ -113,6 +116,25 @@ class HNeRVModelConfig:
     @cached_property
     def embed_spec(self) -> Embed:
         return parse_embed(self.embed)
+
+    # The decoder's shape, read by models/hnerv_dual.py (this section is the model's spec; the CLIP width
+    # comes from the targets)
+    def output_size(self) -> tuple[int, int]:
+        """The decoded patch (h, w): fc_hw times the product of the strides."""
+        scale = math.prod(self.dec_strds)
+        return self.fc_hw[0] * scale, self.fc_hw[1] * scale
+
+    def widths(self) -> list[int]:
+        """Channel width after each block: shrinks by `reduce` per stage, floored at lower_width."""
+        widths, ngf = [], self.fc_dim
+        for _ in self.dec_strds:
+            ngf = int(max(round(ngf / self.reduce), self.lower_width))
+            widths.append(ngf)
+        return widths
+
+    def kernels(self) -> list[int]:
+        """Kernel size grows by 2 per stage from ks_min, capped at ks_max (HNeRV's decoder)."""
+        return [min(self.ks_min + 2 * i, self.ks_max) for i in range(len(self.dec_strds))]
 
 
 @dataclass

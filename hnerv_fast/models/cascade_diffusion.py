@@ -38,15 +38,14 @@ def diffusion_and_physics_loss(stage_model: CascadeStage, schedule: CosineSchedu
     * ``physics = mean_views MSE(DRR(relu(x̂0)), xray)`` with ``x̂0 = x0_from_v(x_t, t, v_pred)``
     * ``total = diffusion + physics_weight * physics``
 
-    ``views`` defaults to (and must equal) ``stage_model.config.views``. ``schedule`` must be on
+    ``views`` defaults to (and must equal) ``stage_model.views``. ``schedule`` must be on
     ``x0.device`` (``schedule.to(device)``). ``physics_at`` is passed to
     :func:`hnerv_fast.models.drr.physics_loss` as ``at`` ("xray": DRR resized to the X-ray size,
     the published behaviour; "volume": compare at the DRR's native size when it is smaller).
     """
-    cfg = stage_model.config
-    views = cfg.views if views is None else tuple(views)
-    if views != cfg.views:
-        raise ValueError(f"{cfg.name}: views {views} differ from the stage's views {cfg.views}")
+    views = stage_model.views if views is None else tuple(views)
+    if views != stage_model.views:
+        raise ValueError(f"{stage_model.name}: views {views} differ from the stage's views {stage_model.views}")
     B = x0.shape[0]
     if t is None:
         t = sample_timesteps(B, schedule, device=x0.device, generator=generator)
@@ -73,7 +72,7 @@ def sample_stage(stage_model: CascadeStage, schedule: CosineSchedule, xrays: tor
     Starts from ``x_T`` when given (the trainer's seeded noise), else from noise drawn with
     ``generator``. ``clip_x0`` clamps the intermediate x̂0 estimates to the data range (``None``
     disables)."""
-    S = stage_model.config.volume_size
+    S = stage_model.size
     shape = (xrays.shape[0], 1, S, S, S)
     return ddim_sample(lambda x, t: stage_model(x, t, xrays, prev), shape, steps, schedule,
                        generator, device=xrays.device, dtype=xrays.dtype, x_T=x_T, clip_x0=clip_x0)

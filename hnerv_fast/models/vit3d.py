@@ -116,14 +116,13 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+    def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(dropout)
 
     def forward(self, x):
-        return self.fc2(self.drop(F.gelu(self.fc1(x), approximate="tanh")))
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -139,14 +138,13 @@ class AdaLNBlock(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, cond_dim: int, mlp_ratio: float = 4.0,
-                 cross_attention: bool = False, context_dim: Optional[int] = None,
-                 dropout: float = 0.0):
+                 cross_attention: bool = False, context_dim: Optional[int] = None):
         super().__init__()
         self.cross_attention = cross_attention
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
         n_mod = 6
         if cross_attention:
             self.norm_x = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)

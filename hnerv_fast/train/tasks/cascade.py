@@ -15,6 +15,7 @@ its own Engine (AdamW, its own epochs / batch size / lr). Pieces:
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from hnerv_fast.data import cascade_data
 from hnerv_fast.data.cascade_data import CascadeData
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
 from hnerv_fast.logging.layouts import CascadeTags as T
-from hnerv_fast.models.cascade import CascadeStage, StageConfig
+from hnerv_fast.models.cascade import CascadeStage
 from hnerv_fast.models.cascade_diffusion import diffusion_and_physics_loss, sample_stage
 from hnerv_fast.models.cascade_io import load_stage_model
 from hnerv_fast.models.volume_metrics import volume_psnr, volume_ssim
@@ -45,19 +46,6 @@ def load_cascade_data(cfg: CascadeConfig, device: torch.device) -> CascadeData:
 
 
 # ------------------------------------------------------------------------------------- stages
-def stage_config(cfg: CascadeConfig, name: str) -> StageConfig:
-    """The model hyper-parameters of stage ``name`` (config keys -> models.cascade.StageConfig)."""
-    s = cfg.stages[name]
-    try:
-        return StageConfig(name=name, volume_size=s.size, voxel_dim=s.width, depth=s.depth, num_heads=s.heads,
-                           patch_size=s.patch, xray_size=cfg.data.xray_size, num_views=len(cfg.data.views),
-                           views=tuple(cfg.data.views), mlp_ratio=s.mlp_ratio,
-                           encoder_channels=s.encoder_channels, lift_channels=s.lift_channels,
-                           cross_attention=s.cross_attention, grad_checkpointing=s.grad_checkpointing)
-    except ValueError as exc:
-        raise ConfigError(f"stages.{name}: {exc}") from None
-
-
 def _seed(*parts: int) -> int:
     value = 0
     for p in parts:
@@ -125,8 +113,8 @@ class Conditioning:
         model.eval()
         d = self.data
         n = len(d.names)
-        size = model.config.volume_size
-        chunk = self.cfg.stage_engine(name).batch_size
+        size = model.size
+        chunk = self.cfg.stage_train(name).batch_size
         gen = _generator(self.device, self.cfg.train.seed, self.order.index(name), 7)
         out = []
         with precision.autocast(self.amp, self.device):
@@ -152,13 +140,12 @@ class CascadeStageTask(Task):
     def __init__(self, cfg: CascadeConfig, name: str, data: CascadeData, prev: torch.Tensor | None,
                  device: torch.device, writer: AsyncSummaryWriter | None = None):
         self.cfg, self.name, self.data, self.prev, self.device, self.writer = cfg, name, data, prev, device, writer
-        self.engine_cfg = cfg.stage_engine(name)
+        self.engine_cfg = cfg.stage_train(name)
         self.health = HealthReporter(cfg.health)
         self.stage_index = cfg.cascade_order().index(name)
-        self.stage_config = stage_config(cfg, name)
-        self.size = self.stage_config.volume_size
         self.views = tuple(cfg.data.views)
-        self.model = CascadeStage(self.stage_config).to(device)
+        self.model = CascadeStage(cfg.stages[name], name, cfg.data.xray_size, self.views).to(device)
+        self.size = self.model.size
         self.schedule = CosineSchedule(cfg.diffusion.timesteps, device=device)
         # the engine's precision (it resolves engine_cfg.amp the same way) for the no-grad passes outside its step
         self.amp = precision.resolve_amp(self.engine_cfg.amp, device)
@@ -314,7 +301,7 @@ class CascadeStageTask(Task):
         return names
 
     def checkpoint_extra(self) -> dict[str, Any]:
-        return {"stage": self.name, "stage_config": self.stage_config.to_dict(), "val_loss": self.val_loss,
+        return {"stage": self.name, "stage_config": dataclasses.asdict(self.cfg.stages[self.name]), "val_loss": self.val_loss,
                 "best_val_loss": self.best_val_loss, "cascade": self.cfg.cascade_order(), "config": to_dict(self.cfg),
                 **({"plateau": self.plateau.state_dict()} if self.plateau is not None else {})}
 

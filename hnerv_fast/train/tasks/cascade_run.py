@@ -26,16 +26,13 @@ from hnerv_fast.train import checkpoint as ckpt
 from hnerv_fast.train import distributed
 from hnerv_fast.train.engine import Engine
 from hnerv_fast.train.plan import RunPlan
-from hnerv_fast.train.tasks.cascade import CascadeStageTask, Conditioning, load_cascade_data, stage_config
+from hnerv_fast.train.tasks.cascade import CascadeStageTask, Conditioning, load_cascade_data
 
 
 def build(cfg: CascadeConfig, device: torch.device, resume: str | None) -> RunPlan:
     out = Path(cfg.output.checkpoint_dir)
     order = cfg.cascade_order()
     plan = cfg.stages_to_train()
-    for name in order:
-        stage_config(cfg, name)  # model hyper-parameter errors before any work
-
     state = None
     if resume is not None:
         path = latest_checkpoint(out, order) if resume == "latest" else Path(resume)
@@ -60,7 +57,7 @@ def build(cfg: CascadeConfig, device: torch.device, resume: str | None) -> RunPl
             prev = conditioning.for_stage(name)  # generated: one DDIM pass of the earlier stage(s), cached
             torch.manual_seed(cfg.train.seed + order.index(name))  # each stage starts from its own seed
             task = CascadeStageTask(cfg, name, data, prev, device, writer)
-            engine = Engine(task, cfg.stage_engine(name), device, checkpoint_dir=out)
+            engine = Engine(task, cfg.stage_train(name), device, checkpoint_dir=out)
             if i == 0:
                 if state is not None:
                     _resume(engine, state, name, resume)

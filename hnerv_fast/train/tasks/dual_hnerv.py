@@ -1,7 +1,6 @@
 """Dual-head patch HNeRV task: data on device, forward + loss, tags of docs/tags_dual_hnerv.md."""
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from hnerv_fast.data.patches import PatchGrid, from_patches, patch_coords, sampl
 from hnerv_fast.data.video import load_frames
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
 from hnerv_fast.logging.layouts import DualTags as T
-from hnerv_fast.models.hnerv_dual import DualHNeRV, DualHNeRVSpec
+from hnerv_fast.models.hnerv_dual import DualHNeRV
 from hnerv_fast.ops import patch_psnr, pixel_loss
 from hnerv_fast.train import distributed
 from hnerv_fast.train.health_hook import HealthReporter
@@ -35,22 +34,15 @@ def run_dir(cfg: DualHNeRVConfig) -> Path:
     return Path(cfg.output.output_dir) / cfg.output.exp_id / param_str(cfg)
 
 
-def build_spec(cfg: DualHNeRVConfig, frame_hw: tuple[int, int], patch_hw: tuple[int, int]) -> DualHNeRVSpec:
-    """The model spec; ConfigError when the decoder's output is not the patch size. `clip_dim` is set
-    later from the CLIP targets (dataclasses.replace), so this check runs before the CLIP encoder does."""
+def check_decoder_fits(cfg: DualHNeRVConfig, frame_hw: tuple[int, int], patch_hw: tuple[int, int]) -> None:
+    """ConfigError when the decoder's output is not the patch size (checked before the CLIP encoder runs)."""
     m = cfg.model
-    spec = DualHNeRVSpec(
-        pe_base=m.embed_spec.base, pe_levels=m.embed_spec.levels, fc_dim=m.fc_dim, fc_hw=tuple(m.fc_hw),
-        dec_strds=tuple(m.dec_strds), ks_min=m.ks_min, ks_max=m.ks_max, reduce=m.reduce, lower_width=m.lower_width,
-        act=m.act, out_act=m.out_act,
-    )
-    if spec.output_size() != tuple(patch_hw):
+    if m.output_size() != tuple(patch_hw):
         raise ConfigError(
-            f"model.fc_hw / model.dec_strds: decoder output {spec.output_size()} = fc_hw {list(m.fc_hw)} x "
+            f"model.fc_hw / model.dec_strds: decoder output {m.output_size()} = fc_hw {list(m.fc_hw)} x "
             f"prod(dec_strds {list(m.dec_strds)}) must equal the patch size {tuple(patch_hw)} "
             f"(frames {frame_hw[0]}x{frame_hw[1]} split into {cfg.data.patch_rows}x{cfg.data.patch_cols} patches)"
         )
-    return spec
 
 
 class DualHNeRVTask(Task):
@@ -70,16 +62,15 @@ class DualHNeRVTask(Task):
             raise ConfigError(f"data.data_split: {d.data_split!r} leaves no training frame out of {num_frames}")
         self.split_frames = {"train": train_frames.to(device), "val": val_frames.to(device)}
         self.split_ids = {name: sample_ids(ids, self.grid).to(device) for name, ids in self.split_frames.items()}
-        spec = build_spec(cfg, (height, width), patch_hw)  # fails before the CLIP encoder runs
+        check_decoder_fits(cfg, (height, width), patch_hw)
         targets = clip_patch_targets(
             patches_cpu, model_name=cfg.clip.model, pretrained=cfg.clip.pretrained, cache_dir=cfg.clip.cache_dir,
             device=device, batch_size=cfg.clip.batch_size, cache_key_extra=f"grid{d.patch_rows}x{d.patch_cols}",
         )
-        spec = dataclasses.replace(spec, clip_dim=targets.shape[1])
         self.patches = patches_cpu.to(device)  # uint8: patches are sliced by id in the step
         self.coords = patch_coords(num_frames, height, width, self.grid).to(device)
         self.clip_targets = targets.to(device)
-        self.model = DualHNeRV(spec).to(device)
+        self.model = DualHNeRV(cfg.model, clip_dim=targets.shape[1]).to(device)
         self.clip_active = torch.zeros((), device=device)
         self.health = HealthReporter(cfg.health)
         self._eval_batch = self._eval_batch_eager  # the engine swaps in its compiled version
