@@ -78,7 +78,7 @@ def test_seed_style_eager_loop(benchmark, setup):
 @pytest.mark.parametrize("compile_mode, amp", [("none", "none"), ("none", "auto"), ("default", "none"),
                                                ("default", "auto"), ("reduce-overhead", "none")])
 def test_hnerv_fast_step(benchmark, setup, compile_mode, amp):
-    """amp=auto: bf16 on a CPU with native bf16 (train/precision.py), fp32 elsewhere."""
+    """amp=auto: bf16 on a CPU with native bf16 (hnerv_fast/precision.py), fp32 elsewhere."""
     cfg, device, tmp = setup
     if compile_mode == "reduce-overhead" and device.type != "cuda":
         pytest.skip("reduce-overhead (CUDA graphs) is the default compile on CPU")

@@ -66,11 +66,6 @@ def event_files(logdir: Path) -> list[Path]:
     return sorted(logdir.glob("events.out.tfevents.*"))
 
 
-@pytest.fixture(scope="module")
-def clip_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("clip_cache")
-
-
 # ------------------------------------------------------------------------------ unit: sharding
 def test_shards_partition_the_single_process_batches():
     """2 ranks x B (and B with 2 accumulation steps) cover exactly the samples of 1 x 2B, step by step."""

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hnerv_fast.config import ConfigError, load_config
-from hnerv_fast.train import precision
+from hnerv_fast import precision
 from hnerv_fast.train.engine import Engine
 from hnerv_fast.train.tasks.dual_hnerv import DualHNeRVTask
 

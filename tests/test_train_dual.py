@@ -15,28 +15,10 @@ from hnerv_fast.logging.layouts import DualTags as T
 from hnerv_fast.train import checkpoint as ckpt
 from hnerv_fast.train.trainer import run, run_from_args
 from hnerv_fast.train.tasks.dual_hnerv import run_dir
+from tests.conftest import TINY, overrides
 from tests.event_files import custom_scalar_layout, load_events, scalar_series
 
-TINY = "configs/dual_hnerv_tiny.yaml"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def clip_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("clip_cache")
-
-
-def overrides(tmp: Path, clip_cache: Path, *extra: str) -> list[str]:
-    return [f"output.output_dir={tmp}/out", f"clip.cache_dir={clip_cache}", "train.progress=false", *extra]
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, clip_cache):
-    """The tiny config exactly as `make demo` runs it, into a temp folder."""
-    tmp = tmp_path_factory.mktemp("tiny")
-    cfg = load_config(TINY, overrides(tmp, clip_cache))
-    out = run(cfg)
-    return cfg, out, load_events(out / "tensorboard")
 
 
 def steps(acc, tag):
@@ -47,8 +29,8 @@ def values(acc, tag):
     return [v for _, v in scalar_series(acc, tag)]
 
 
-def test_every_contract_tag_is_written(tiny_run):
-    _, _, acc = tiny_run
+def test_every_contract_tag_is_written(tiny_dual_run):
+    _, _, acc = tiny_dual_run
     tags = acc.Tags()
     missing = [t for t in T.SCALARS if t not in tags["scalars"]]
     assert not missing, f"missing scalar tags: {missing}"
@@ -57,8 +39,8 @@ def test_every_contract_tag_is_written(tiny_run):
     assert any(t.startswith(T.IMAGES_PREFIX + "/") for t in tags["images"])
 
 
-def test_cadence_per_batch_epoch_params_eval(tiny_run):
-    cfg, out, acc = tiny_run
+def test_cadence_per_batch_epoch_params_eval(tiny_dual_run):
+    cfg, out, acc = tiny_dual_run
     t = cfg.train
     epochs = t.epochs
     train_frames = 36
@@ -76,8 +58,8 @@ def test_cadence_per_batch_epoch_params_eval(tiny_run):
         assert [h.step for h in acc.Histograms(tag)] == eval_epochs, tag
 
 
-def test_clip_warmup_and_loss_identities(tiny_run):
-    cfg, _, acc = tiny_run
+def test_clip_warmup_and_loss_identities(tiny_dual_run):
+    cfg, _, acc = tiny_dual_run
     warmup, lam = cfg.loss.pixel_loss_warmup_epochs, cfg.loss.clip_weight
     active = values(acc, T.CLIP_ACTIVE)
     assert active == [0.0] * warmup + [1.0] * (cfg.train.epochs - warmup)
@@ -98,8 +80,8 @@ def test_clip_warmup_and_loss_identities(tiny_run):
     assert batch_clip[0] == 0.0 and batch_clip[-1] > 0
 
 
-def test_gradient_norms_are_consistent(tiny_run):
-    _, _, acc = tiny_run
+def test_gradient_norms_are_consistent(tiny_dual_run):
+    _, _, acc = tiny_dual_run
     total = values(acc, T.GRAD_TOTAL)
     parts = zip(values(acc, T.GRAD_DECODER), values(acc, T.GRAD_RGB), values(acc, T.GRAD_CLIP))
     # per step total² = Σ group²; epoch means of norms satisfy total ≤ Σ groups and total ≥ max group
@@ -107,8 +89,8 @@ def test_gradient_norms_are_consistent(tiny_run):
         assert max(d, r, c) <= tot * (1 + 1e-5) and tot <= (d + r + c) * (1 + 1e-5)
 
 
-def test_eval_gap_and_info(tiny_run):
-    _, _, acc = tiny_run
+def test_eval_gap_and_info(tiny_dual_run):
+    _, _, acc = tiny_dual_run
     train_psnr, val_psnr = values(acc, "Eval/Frame/train_psnr"), values(acc, "Eval/Frame/val_psnr")
     for g, tr, va in zip(values(acc, "Eval/Gap/psnr_gap"), train_psnr, val_psnr):
         assert g == pytest.approx(tr - va, abs=1e-4)
@@ -125,8 +107,8 @@ def test_eval_gap_and_info(tiny_run):
         assert lo <= mid <= hi
 
 
-def test_learning_rate_follows_the_schedule(tiny_run):
-    cfg, _, acc = tiny_run
+def test_learning_rate_follows_the_schedule(tiny_dual_run):
+    cfg, _, acc = tiny_dual_run
     lrs = values(acc, T.LR)
     peak = max(lrs)
     assert peak <= cfg.train.lr * (1 + 1e-6)
@@ -142,22 +124,22 @@ def test_learning_rate_follows_the_schedule(tiny_run):
         assert logged == pytest.approx(cfg.train.lr * mult, rel=1e-5), epoch
 
 
-def test_custom_scalars_layout_has_the_guide_categories_and_performance(tiny_run):
-    _, _, acc = tiny_run
+def test_custom_scalars_layout_has_the_guide_categories_and_performance(tiny_dual_run):
+    _, _, acc = tiny_dual_run
     layout = custom_scalar_layout(acc)
     assert list(layout) == ["Overview", "Loss Breakdown", "Gradients", "Evaluation", "Statistics", "Distributions",
                             "Performance"]
     assert all(layout[c] for c in layout)
 
 
-def test_tiny_config_learns(tiny_run):
-    _, _, acc = tiny_run
+def test_tiny_config_learns(tiny_dual_run):
+    _, _, acc = tiny_dual_run
     psnr = values(acc, T.TRAIN_PSNR)
     assert psnr[-1] - psnr[0] >= 5.0, psnr
 
 
-def test_checkpoints_and_config_written(tiny_run):
-    cfg, out, _ = tiny_run
+def test_checkpoints_and_config_written(tiny_dual_run):
+    cfg, out, _ = tiny_dual_run
     assert (out / "config.yaml").is_file()
     latest, best = ckpt.load(out / "latest.pt"), ckpt.load(out / "best.pt")
     assert latest["epoch"] == cfg.train.epochs
@@ -252,9 +234,9 @@ def test_run_dir_layout(tmp_path, clip_cache):
     assert run_dir(cfg).relative_to(tmp_path / "out").parts[0] == "tiny"
 
 
-def test_eval_std_is_the_population_std_of_the_frame_psnrs(tiny_run):
+def test_eval_std_is_the_population_std_of_the_frame_psnrs(tiny_dual_run):
     """np.std (ddof=0) as the published trainer: checked against the frame-PSNR histogram's own moments."""
-    _, _, acc = tiny_run
+    _, _, acc = tiny_dual_run
     for split in ("train", "val"):
         stds = dict(scalar_series(acc, f"Eval/PSNR_Stats/{split}_std"))
         for event in acc.Histograms(f"Eval/Histogram/{split}_psnr_distribution"):
@@ -263,12 +245,12 @@ def test_eval_std_is_the_population_std_of_the_frame_psnrs(tiny_run):
             assert math.isclose(stds[event.step], population, rel_tol=1e-3, abs_tol=1e-4), (split, event.step)
 
 
-def test_tiny_run_is_healthy_where_it_should_be(tiny_run):
+def test_tiny_run_is_healthy_where_it_should_be(tiny_dual_run):
     """The tiny run generalises (no overfitting) and its gradients are sane; the warnings it does have are
     also logged as TensorBoard text."""
     from hnerv_fast.health import check_logdir
 
-    _, out, acc = tiny_run
+    _, out, acc = tiny_dual_run
     (report,) = check_logdir(out / "tensorboard")
     tags = {w.tag for w in report.warnings}
     assert not tags & {"Eval/Gap/psnr_gap", T.GRAD_TOTAL, T.TOTAL_LOSS}, report.warnings

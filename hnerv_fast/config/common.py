@@ -41,7 +41,7 @@ class EngineConfig:
     lr: float = 1e-3
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: str = "auto"  # auto (GPU: default; CPU: default for runs of >= 1500 steps) | none | default | max-autotune | reduce-overhead
-    amp: str = "auto"  # auto | none | bf16 | fp16 (fp16: GPU + GradScaler); see train/precision.py
+    amp: str = "auto"  # auto | none | bf16 | fp16 (fp16: GPU + GradScaler); see hnerv_fast/precision.py
     seed: int = 1
     deterministic: bool = False
     drop_last: bool = True  # static shapes: drop the last partial batch, else pad it with a zero-weight mask

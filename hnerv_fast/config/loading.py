@@ -93,7 +93,13 @@ def to_yaml(cfg: Any) -> str:
 
 
 def from_dict(data: dict):
-    """Inverse of to_dict (used when resuming from a checkpoint)."""
+    """Inverse of to_dict (a checkpoint's config -> the validated root); ConfigError when it does not fit."""
     name = data.get("task", "dual_hnerv")
-    merged = OmegaConf.merge(OmegaConf.structured(TASK_SCHEMAS[name]), data)
-    return OmegaConf.to_object(merged)
+    if name not in TASK_SCHEMAS:
+        raise ConfigError(f"task: {name!r} not in {sorted(TASK_SCHEMAS)}")
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TASK_SCHEMAS[name]), data))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"config: {_first_line(exc)}") from None
+    cfg.validate()
+    return cfg

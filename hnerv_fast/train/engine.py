@@ -44,7 +44,8 @@ from hnerv_fast.config import ConfigError, EngineConfig
 from hnerv_fast.device import resolve_device
 from hnerv_fast.ops import grouped_grad_norms
 from hnerv_fast.train import checkpoint as ckpt
-from hnerv_fast.train import distributed, precision
+from hnerv_fast import precision
+from hnerv_fast.train import distributed
 from hnerv_fast.train.perf import EpochMeter
 
 

@@ -33,7 +33,8 @@ from hnerv_fast.models.cascade_io import load_stage_model
 from hnerv_fast.models.volume_metrics import volume_psnr, volume_ssim
 from hnerv_fast.models.diffusion import CosineSchedule, sample_timesteps
 from hnerv_fast.models.drr import drr, physics_loss
-from hnerv_fast.train import distributed, precision
+from hnerv_fast import precision
+from hnerv_fast.train import distributed
 from hnerv_fast.train.engine import Batch, Task, epoch_batches
 from hnerv_fast.train.health_hook import HealthReporter
 from hnerv_fast.train.schedule import PlateauSchedule, cosine_multiplier

@@ -55,6 +55,7 @@ class DualHNeRVTask(Task):
                              seed=d.seed, max_frames=d.max_frames, resize=tuple(d.resize) if d.resize else None)
         self.grid = PatchGrid(d.patch_rows, d.patch_cols)
         num_frames, _, height, width = frames.shape
+        self.video = {"num_frames": num_frames, "height": height, "width": width}
         patch_hw = self.grid.patch_size(height, width)
         patches_cpu = to_patches(frames, self.grid)
         train_frames, val_frames = split_frames(num_frames, d.split, d.shuffle, d.seed)
@@ -251,7 +252,8 @@ class DualHNeRVTask(Task):
         return ["latest.pt", "best.pt"] if improved else ["latest.pt"]
 
     def checkpoint_extra(self) -> dict[str, Any]:
-        return {"config": to_dict(self.cfg)}
+        # the video's geometry: decoding needs it without the frames (folder / video sources set it by loading)
+        return {"config": to_dict(self.cfg), "video": dict(self.video)}
 
 
 def _safe_ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:

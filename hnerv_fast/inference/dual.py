@@ -1,0 +1,105 @@
+"""A trained dual-head HNeRV outside the trainer: checkpoint -> model, the coordinates of any frame time
+(fractional ones too) and patch position, batched prediction, frames put together from their patches."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hnerv_fast import checkpoint_io, precision
+from hnerv_fast.checkpoint_io import CheckpointError
+from hnerv_fast.config import ConfigError, DualHNeRVConfig, from_dict
+from hnerv_fast.data.patches import PatchGrid, from_patches
+from hnerv_fast.models.hnerv_dual import DualHNeRV
+
+
+@dataclass
+class TrainedDual:
+    """A dual-head model in eval mode with what decoding needs: the run's config, its patch grid, the geometry
+    of the video it was trained on and the precision the run evaluated with."""
+
+    model: DualHNeRV
+    cfg: DualHNeRVConfig
+    grid: PatchGrid
+    num_frames: int
+    height: int
+    width: int
+    device: torch.device
+    amp: str  # resolved precision (hnerv_fast/precision.py): what the run's evaluations used on this device
+    path: Path
+
+    @property
+    def patch_hw(self) -> tuple[int, int]:
+        return self.grid.patch_size(self.height, self.width)
+
+    def coords(self, times: torch.Tensor, shift: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
+        """float32 ``[len(times) * grid.count, 3]`` of ``(t, cx, cy)``, frame-major and in the trainer's patch
+        order (data/patches.py). ``times`` are frame indices, fractional ones allowed (between trained frames);
+        ``shift = (dy, dx)`` moves every patch centre by that many patch heights / widths (fractional patch
+        positions). With integer times and no shift these are exactly the trainer's coordinates."""
+        times = torch.as_tensor(times, dtype=torch.float64).reshape(-1)
+        rows, cols = self.grid.rows, self.grid.cols
+        t = times / max(self.num_frames - 1, 1)
+        cy = (torch.arange(rows, dtype=torch.float64) + 0.5 + shift[0]) / rows
+        cx = (torch.arange(cols, dtype=torch.float64) + 0.5 + shift[1]) / cols
+        n = len(times)
+        tt = t.view(-1, 1, 1).expand(n, rows, cols)
+        yy = cy.view(1, -1, 1).expand(n, rows, cols)
+        xx = cx.view(1, 1, -1).expand(n, rows, cols)
+        return torch.stack([tt, xx, yy], dim=-1).reshape(-1, 3).to(torch.float32)
+
+    @torch.no_grad()
+    def predict(self, coords: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rgb float32 ``[N, 3, ph, pw]`` clamped to [0, 1], CLIP-head embedding float32 ``[N, D]``, unit norm),
+        both on the model's device, in batches under the run's precision."""
+        rgbs, embeddings = [], []
+        with precision.autocast(self.amp, self.device):
+            for start in range(0, len(coords), batch_size):
+                rgb, embedding = self.model(coords[start:start + batch_size].to(self.device))
+                rgbs.append(rgb.float().clamp(0, 1))
+                embeddings.append(embedding.float())
+        return torch.cat(rgbs), torch.cat(embeddings)
+
+    def frames(self, times: torch.Tensor, shift: tuple[float, float] = (0.0, 0.0),
+               batch_size: int = 256) -> torch.Tensor:
+        """float32 ``[T, 3, H, W]`` in [0, 1]: every patch of each frame time, put together."""
+        rgb, _ = self.predict(self.coords(times, shift), batch_size)
+        return from_patches(rgb, self.grid)
+
+
+def load_trained_dual(path: str | Path, device: torch.device) -> TrainedDual:
+    """A dual-head checkpoint (best.pt / latest.pt of a run) -> TrainedDual. CheckpointError (a UserError) when the
+    file is missing, unreadable, of another task or does not fit its own config."""
+    path = Path(path)
+    state = checkpoint_io.load(path, map_location="cpu")
+    return trained_dual_from_state(state, path, device)
+
+
+def trained_dual_from_state(state: dict, path: Path, device: torch.device) -> TrainedDual:
+    """The model of a checkpoint-shaped dict (``config``, ``video``, ``model_state_dict``)."""
+    config = state.get("config") if isinstance(state, dict) else None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is not a training checkpoint of hnerv_fast (no 'config')")
+    if config.get("task") != "dual_hnerv":
+        hint = " (use python -m hnerv_fast.sample for the cascade)" if config.get("task") == "cascade" else ""
+        raise CheckpointError(f"{path} is a {config.get('task')!r} checkpoint, not a dual_hnerv one{hint}")
+    if "video" not in state:
+        raise CheckpointError(f"{path} has no video geometry ('video'): it was written by an older version; "
+                              f"train again or resume the run once to rewrite it")
+    try:
+        cfg = from_dict(config)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: its config does not load: {exc}") from None
+    weights = state.get("model_state_dict", {})
+    try:
+        model = DualHNeRV(cfg.model, clip_dim=weights["clip_head.2.weight"].shape[0])
+        model.load_state_dict(weights)
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: the weights do not fit its config: {str(exc).splitlines()[0]}") from None
+    video = state["video"]
+    return TrainedDual(
+        model=model.to(device).eval(), cfg=cfg, grid=PatchGrid(cfg.data.patch_rows, cfg.data.patch_cols),
+        num_frames=int(video["num_frames"]), height=int(video["height"]), width=int(video["width"]), device=device,
+        amp=precision.resolve_amp(cfg.train.amp, device), path=path,
+    )
