@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from hnerv_fast.device import resolve_device
-from hnerv_fast.errors import UserError
+from hnerv_fast.errors import UserError, report
 
 
 class SampleError(UserError, ValueError):
@@ -135,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         volume = sample(args.checkpoint, args.xray, args.out, args.steps, args.seed, args.device, args.stages_dir)
     except UserError as exc:
-        message = str(exc).strip().splitlines()
-        print(f"error: {message[0] if message else repr(exc)}", file=sys.stderr)
-        return 2
+        return report(exc)
     print(f"wrote {args.out}: volume {list(volume.shape)} (D, H, W), range [{volume.min():.3f}, {volume.max():.3f}]")
     return 0
 
