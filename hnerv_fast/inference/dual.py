@@ -11,6 +11,7 @@ from hnerv_fast import checkpoint_io, precision
 from hnerv_fast.checkpoint_io import CheckpointError
 from hnerv_fast.config import ConfigError, DualHNeRVConfig, from_dict
 from hnerv_fast.data.patches import PatchGrid, from_patches
+from hnerv_fast.inference import compressed
 from hnerv_fast.models.hnerv_dual import DualHNeRV
 
 
@@ -28,6 +29,7 @@ class TrainedDual:
     device: torch.device
     amp: str  # resolved precision (hnerv_fast/precision.py): what the run's evaluations used on this device
     path: Path
+    has_clip_head: bool = True  # False for a file compressed without it (its embeddings are all zero)
 
     @property
     def patch_hw(self) -> tuple[int, int]:
@@ -69,10 +71,14 @@ class TrainedDual:
 
 
 def load_trained_dual(path: str | Path, device: torch.device) -> TrainedDual:
-    """A dual-head checkpoint (best.pt / latest.pt of a run) -> TrainedDual. CheckpointError (a UserError) when the
-    file is missing, unreadable, of another task or does not fit its own config."""
+    """A dual-head checkpoint (best.pt / latest.pt of a run) or a file written by ``python -m hnerv_fast.compress``
+    (told apart by its magic header) -> TrainedDual. CheckpointError (a UserError) when the file is missing,
+    unreadable, truncated or corrupt, of another task or does not fit its own config."""
     path = Path(path)
-    state = checkpoint_io.load(path, map_location="cpu")
+    if compressed.is_compressed(path):
+        state = compressed.read_compressed(path)
+    else:
+        state = checkpoint_io.load(path, map_location="cpu")
     return trained_dual_from_state(state, path, device)
 
 
@@ -102,4 +108,5 @@ def trained_dual_from_state(state: dict, path: Path, device: torch.device) -> Tr
         model=model.to(device).eval(), cfg=cfg, grid=PatchGrid(cfg.data.patch_rows, cfg.data.patch_cols),
         num_frames=int(video["num_frames"]), height=int(video["height"]), width=int(video["width"]), device=device,
         amp=precision.resolve_amp(cfg.train.amp, device), path=path,
+        has_clip_head=bool(state.get("compression", {}).get("clip_head", True)),
     )
