@@ -13,7 +13,7 @@ The report compares the original checkpoint with the written file: model bytes (
 bits per pixel (bits / (num_frames x H x W)), and over all frames (training and validation) the frame PSNR
 (mean of the frame's patch PSNRs, as the trainer logs it) and MS-SSIM of whole frames
 (hnerv_fast/ops/reference.py: frames under 161 px on a side get fewer than 5 scales, with the first
-weights renormalised; the report names the number of scales). Both models run in the run's precision.
+weights renormalised; the report names the number of scales). Both models run in float32, as the trainer evaluates.
 """
 from __future__ import annotations
 
@@ -63,7 +63,6 @@ def compress(checkpoint: str | Path, out: str | Path, *, bits: int = 8, per: str
              keep_clip_head: bool = True, batch_size: int = 8, device: str = "auto") -> dict:
     """Write the compressed file of ``checkpoint`` to ``out``; the report (sizes, coding, metrics) as a dict."""
     from hnerv_fast import checkpoint_io
-    from hnerv_fast.data.video import load_frames
     from hnerv_fast.inference import compressed
     from hnerv_fast.inference.dual import load_trained_dual, trained_dual_from_state
     from hnerv_fast.ops.reference import ms_ssim_levels
@@ -78,12 +77,7 @@ def compress(checkpoint: str | Path, out: str | Path, *, bits: int = 8, per: str
     dev = resolve_device(device, "--device")
     state = checkpoint_io.load(checkpoint, map_location="cpu")
     original = trained_dual_from_state(state, checkpoint, dev)
-    d = original.cfg.data
-    frames = load_frames(d.source, d.path, num_frames=d.num_frames, height=d.height, width=d.width, seed=d.seed,
-                         max_frames=d.max_frames, resize=tuple(d.resize) if d.resize else None)
-    if tuple(frames.shape[:1] + frames.shape[2:]) != (original.num_frames, original.height, original.width):
-        raise CompressError(f"the run's frames ({d.source}) are now {tuple(frames.shape)}, not the "
-                            f"{original.num_frames} x {original.height} x {original.width} it was trained on")
+    frames = original.ground_truth()
 
     weights = state["model_state_dict"]
     broken = [name for name, tensor in weights.items() if not bool(torch.isfinite(tensor).all())]
@@ -100,7 +94,7 @@ def compress(checkpoint: str | Path, out: str | Path, *, bits: int = 8, per: str
     return {
         "checkpoint": str(checkpoint), "out": str(out), "bits": bits, "per": per, "clip_head": keep_clip_head,
         "frames": original.num_frames, "height": original.height, "width": original.width,
-        "precision": original.amp, "ms_ssim_scales": ms_ssim_levels(original.height, original.width),
+        "ms_ssim_scales": ms_ssim_levels(original.height, original.width),
         "fp32_bytes": fp32_bytes, "file_bytes": stats.file_bytes,
         "bpp": {"original": 8 * fp32_bytes / pixels, "compressed": 8 * stats.file_bytes / pixels},
         "coding": asdict(stats),
@@ -131,7 +125,7 @@ def format_report(r: dict) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     coded = c["stream_bytes"]
-    lines.append(f"{r['frames']} frames of {r['height']}x{r['width']}, precision {r['precision']}; file: "
+    lines.append(f"{r['frames']} frames of {r['height']}x{r['width']}; file: "
                  f"{coded:,} B coded weights ({100 * (coded / c['entropy_bytes'] - 1):+.3f}% over their entropy), "
                  f"{c['side_bytes']:,} B grids + histograms, {c['raw_bytes']:,} B biases, "
                  f"{c['header_bytes']:,} B header")

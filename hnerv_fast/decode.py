@@ -19,7 +19,7 @@ positions: the frame is put together from patches the model never saw during tra
 
 Output: a folder of PNGs (frame_00012.png; a fractional time shows in the name: frame_00012.50.png) or,
 for ``--out NAME.mp4``, an H.264 (yuv420p) video; yuv420p needs even sizes, so an odd height or width is
-padded by repeating the last row / column (a note says so). Frames are rendered in the run's precision.
+padded by repeating the last row / column (a note says so). Frames are rendered in float32, as the trainer evaluates.
 Bad input: one ``error:`` line and exit code 2.
 """
 from __future__ import annotations

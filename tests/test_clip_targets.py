@@ -67,6 +67,15 @@ def test_deterministic_and_rng_untouched(patches, targets, tmp_path):
     assert torch.allclose(again, emb, atol=1e-5)  # fresh model build, same seed -> same targets
 
 
+def test_bf16_targets_are_close_to_fp32_and_cached_apart(patches, targets, tmp_path):
+    emb, _ = targets
+    bf16 = clip_patch_targets(patches, model_name=MODEL, pretrained=None, cache_dir=tmp_path, amp="bf16")
+    assert bf16.dtype == torch.float32 and torch.allclose(bf16.norm(dim=1), torch.ones(len(bf16)), atol=1e-5)
+    assert not torch.equal(bf16, emb)  # the encoder did run in bf16
+    assert float((bf16 * emb).sum(dim=1).min()) > 0.999
+    assert clip_cache_path(patches, model_name=MODEL, pretrained=None, cache_dir=tmp_path, amp="bf16").is_file()
+
+
 def test_cache_hit_does_not_build_model(patches, targets, monkeypatch):
     emb, cache_dir = targets
     path = clip_cache_path(patches, model_name=MODEL, pretrained=None, cache_dir=cache_dir)
@@ -81,7 +90,7 @@ def test_cache_hit_does_not_build_model(patches, targets, monkeypatch):
     assert torch.equal(hit, emb)
     # anything in the key changing -> miss -> tries to build the model
     for kwargs in (dict(cache_key_extra="grid=2x4"), dict(pretrained="openai"),
-                   dict(model_name="ViT-B-32")):
+                   dict(model_name="ViT-B-32"), dict(amp="bf16")):
         args = dict(model_name=MODEL, pretrained=None, cache_dir=cache_dir) | kwargs
         with pytest.raises(AssertionError, match="cache hit"):
             clip_patch_targets(patches, **args)

@@ -35,6 +35,7 @@ def test_dotted_overrides_apply_with_types():
         ("train.lr_schedule=step", "train.lr_schedule"),
         ("data.source=folder", "data.path"),
         ("ops.backend=gpu", "ops.backend"),
+        ("clip.amp=fp8", "clip.amp"),
     ],
 )
 def test_bad_settings_name_the_key(override, key):

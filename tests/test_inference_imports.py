@@ -2,7 +2,8 @@
 hnerv_fast.train or hnerv_fast.logging (ARCHITECTURE.md, directions of imports)."""
 from tests.imports import modules_loaded_by, within
 
-COMMANDS = ("hnerv_fast.inference.dual", "hnerv_fast.sample", "hnerv_fast.decode", "hnerv_fast.compress")
+COMMANDS = ("hnerv_fast.inference.dual", "hnerv_fast.sample", "hnerv_fast.decode", "hnerv_fast.compress",
+            "hnerv_fast.evaluate", "hnerv_fast.search")
 
 
 def test_inference_commands_do_not_import_the_trainer():

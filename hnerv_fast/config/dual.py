@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import List, NamedTuple, Optional
 
-from hnerv_fast.config.common import (ConfigError, Cosine, EngineConfig, OpsConfig, check, parse_schedule,
-                                     validate_engine)
+from hnerv_fast.config.common import (AMP_MODES, ConfigError, Cosine, EngineConfig, OpsConfig, check,
+                                     parse_schedule, validate_engine)
 from hnerv_fast.config.health import HealthThresholds
 
 from hnerv_fast.names import ACTIVATIONS, OUT_ACTIVATIONS
@@ -96,6 +96,9 @@ class ClipConfig:
     pretrained: Optional[str] = None  # open_clip hub tag, local checkpoint path, or null = random init
     cache_dir: str = "output/clip_cache"
     batch_size: int = 64
+    # precision of the encoder computing the targets: auto = bf16 where the CPU has native bf16 (cosine to the
+    # fp32 targets > 0.9999), fp32 elsewhere (GPUs included); none = fp32; bf16 (hnerv_fast/precision.py)
+    amp: str = "auto"
 
 
 @dataclass
@@ -200,4 +203,5 @@ class DualHNeRVConfig:
         check(all(k >= 0 for k in t.eval_final_offsets), "train.eval_final_offsets",
               f"must be >= 0, got {list(t.eval_final_offsets)}")
         check(t.params_every >= 1, "train.params_every", "must be >= 1")
+        check(self.clip.amp in AMP_MODES, "clip.amp", f"{self.clip.amp!r} not in {AMP_MODES}")
         self.ops.validate()

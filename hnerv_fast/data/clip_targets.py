@@ -26,7 +26,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from hnerv_fast import precision
 from hnerv_fast.atomic import save_atomic
+from hnerv_fast.config.dual import ClipConfig
 from hnerv_fast.errors import UserError
 
 __all__ = [
@@ -256,12 +258,13 @@ def _pretrained_key(pretrained) -> str:
 
 
 def clip_cache_path(patches_uint8: torch.Tensor, *, model_name: str, pretrained: str | None,
-                    cache_dir: str | Path, cache_key_extra: str = "") -> Path:
+                    cache_dir: str | Path, cache_key_extra: str = "", amp: str = "none") -> Path:
     """Where :func:`clip_patch_targets` caches these patches: ``cache_dir/clip_<sha>.pt``."""
     h = hashlib.sha256()
     x = patches_uint8.detach().to("cpu").contiguous()
+    precision_key = "" if amp == "none" else f"amp={amp}|"  # fp32 entries keep the key they always had
     h.update(f"v1|{str(model_name).replace('/', '-')}|{_pretrained_key(pretrained)}|"
-             f"{tuple(x.shape)}|{x.dtype}|{cache_key_extra}|".encode())
+             f"{tuple(x.shape)}|{x.dtype}|{cache_key_extra}|{precision_key}".encode())
     if _is_random(pretrained):
         # random-init weights depend on the open_clip version
         try:
@@ -296,13 +299,16 @@ def clip_patch_targets(
     device="cpu",
     batch_size: int = 64,
     cache_key_extra: str = "",
+    amp: str = "none",
 ) -> torch.Tensor:
     """float32 ``[N, D]`` L2-normalised CLIP image embeddings of uint8 patches ``[N, 3, h, w]``.
 
     Patches are resized (bicubic, antialiased) to the model's input size, normalised with its
     mean/std and embedded under ``torch.no_grad`` in batches of ``batch_size``. The result is
     cached at ``cache_dir/clip_<sha>.pt`` (key: patch bytes and shape, model name, pretrained,
-    ``cache_key_extra``); a rerun loads it without building the model. Returned on CPU.
+    ``cache_key_extra``, ``amp``); a rerun loads it without building the model. Returned on CPU.
+    ``amp``: a resolved precision of hnerv_fast/precision.py ("none" = fp32, "bf16", "fp16") for the encoder;
+    the embeddings are normalised in fp32.
     """
     if not isinstance(patches_uint8, torch.Tensor) or patches_uint8.dtype != torch.uint8 \
             or patches_uint8.dim() != 4 or patches_uint8.shape[1] != 3:
@@ -313,7 +319,7 @@ def clip_patch_targets(
         raise ValueError(f"clip_patch_targets: batch_size must be > 0, got {batch_size!r}")
     n = patches_uint8.shape[0]
     path = clip_cache_path(patches_uint8, model_name=model_name, pretrained=pretrained,
-                           cache_dir=cache_dir, cache_key_extra=cache_key_extra)
+                           cache_dir=cache_dir, cache_key_extra=cache_key_extra, amp=amp)
     if path.is_file():
         cached = _load_cache(path, n)
         if cached is not None:
@@ -331,10 +337,22 @@ def clip_patch_targets(
                 x = F.interpolate(x, size=image_size, mode="bicubic", align_corners=False, antialias=True)
                 x = x.clamp_(0.0, 1.0)  # bicubic overshoot
             x = (x - mean_t) / std_t
-            emb = model.encode_image(x).float()
+            with precision.autocast(amp, dev):
+                emb = model.encode_image(x).float()
             out.append(F.normalize(emb, dim=-1).cpu())
     emb = torch.cat(out) if out else torch.zeros(0, int(getattr(model.visual, "output_dim", 0)))
     del model
     save_atomic({"embeddings": emb, "model_name": str(model_name),
                   "pretrained": _pretrained_key(pretrained), "shape": list(patches_uint8.shape)}, path)
     return emb
+
+
+def clip_targets_for(patches_uint8: torch.Tensor, clip: ClipConfig, device: torch.device, *, key: str,
+                     cache_dir: str | Path | None = None) -> torch.Tensor:
+    """:func:`clip_patch_targets` with a run's `clip` section (model, weights, batch size, precision resolved for
+    ``device``): what the trainer, the evaluation and a search query all embed with. ``key``: the cache key
+    extra (a PatchGrid's ``key`` for a video's patches); ``cache_dir`` defaults to ``clip.cache_dir``."""
+    return clip_patch_targets(
+        patches_uint8, model_name=clip.model, pretrained=clip.pretrained,
+        cache_dir=clip.cache_dir if cache_dir is None else cache_dir, device=device, batch_size=clip.batch_size,
+        cache_key_extra=key, amp=precision.resolve_amp(clip.amp, torch.device(device)))

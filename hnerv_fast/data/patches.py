@@ -45,6 +45,11 @@ class PatchGrid:
     def count(self) -> int:
         return self.rows * self.cols
 
+    @property
+    def key(self) -> str:
+        """``grid<rows>x<cols>``: part of the CLIP target cache key (the same frames cut another way differ)."""
+        return f"grid{self.rows}x{self.cols}"
+
     def patch_size(self, height: int, width: int) -> tuple[int, int]:
         """``(height // rows, width // cols)``; DataError unless both divide exactly."""
         if height % self.rows or width % self.cols or height <= 0 or width <= 0:

@@ -7,18 +7,24 @@ from pathlib import Path
 
 import torch
 
-from hnerv_fast import checkpoint_io, precision
+from hnerv_fast import checkpoint_io
 from hnerv_fast.checkpoint_io import CheckpointError
 from hnerv_fast.config import ConfigError, DualHNeRVConfig, from_dict
-from hnerv_fast.data.patches import PatchGrid, from_patches
+from hnerv_fast.data.patches import PatchGrid, from_patches, split_frames
+from hnerv_fast.data.video import load_frames
+from hnerv_fast.errors import UserError
 from hnerv_fast.inference import compressed
 from hnerv_fast.models.hnerv_dual import DualHNeRV
 
 
+class VideoMismatchError(UserError, ValueError):
+    """The run's video no longer has the frames the checkpoint was trained on."""
+
+
 @dataclass
 class TrainedDual:
-    """A dual-head model in eval mode with what decoding needs: the run's config, its patch grid, the geometry
-    of the video it was trained on and the precision the run evaluated with."""
+    """A dual-head model in eval mode with what decoding needs: the run's config, its patch grid and the geometry
+    of the video it was trained on. It predicts in float32, as the trainer evaluates (outside its autocast)."""
 
     model: DualHNeRV
     cfg: DualHNeRVConfig
@@ -27,7 +33,6 @@ class TrainedDual:
     height: int
     width: int
     device: torch.device
-    amp: str  # resolved precision (hnerv_fast/precision.py): what the run's evaluations used on this device
     path: Path
     has_clip_head: bool = True  # False for a file compressed without it (its embeddings are all zero)
 
@@ -54,14 +59,35 @@ class TrainedDual:
     @torch.no_grad()
     def predict(self, coords: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
         """(rgb float32 ``[N, 3, ph, pw]`` clamped to [0, 1], CLIP-head embedding float32 ``[N, D]``, unit norm),
-        both on the model's device, in batches under the run's precision."""
+        both on the model's device, in batches."""
         rgbs, embeddings = [], []
-        with precision.autocast(self.amp, self.device):
-            for start in range(0, len(coords), batch_size):
-                rgb, embedding = self.model(coords[start:start + batch_size].to(self.device))
-                rgbs.append(rgb.float().clamp(0, 1))
-                embeddings.append(embedding.float())
+        for start in range(0, len(coords), batch_size):
+            rgb, embedding = self.model(coords[start:start + batch_size].to(self.device))
+            rgbs.append(rgb.clamp(0, 1))
+            embeddings.append(embedding)
         return torch.cat(rgbs), torch.cat(embeddings)
+
+    def ground_truth(self) -> torch.Tensor:
+        """uint8 ``[T, 3, H, W]``: the run's video (its `data` section), checked against the trained geometry."""
+        d = self.cfg.data
+        frames = load_frames(d.source, d.path, num_frames=d.num_frames, height=d.height, width=d.width, seed=d.seed,
+                             max_frames=d.max_frames, resize=tuple(d.resize) if d.resize else None)
+        found, trained = tuple(frames.shape[i] for i in (0, 2, 3)), (self.num_frames, self.height, self.width)
+        if found != trained:
+            raise VideoMismatchError(
+                f"the run's video (data.source={d.source}, data.path={d.path}) now has {found[0]} frames of "
+                f"{found[1]}x{found[2]}, but {self.path} was trained on {trained[0]} frames of {trained[1]}x{trained[2]}")
+        return frames
+
+    def split_labels(self) -> list[str]:
+        """The split of every frame: "train", "val" or "-" (in neither, e.g. with data_split 9_10_10)."""
+        d = self.cfg.data
+        train, val = split_frames(self.num_frames, d.split, d.shuffle, d.seed)
+        labels = ["-"] * self.num_frames
+        for name, ids in (("train", train), ("val", val)):
+            for f in ids.tolist():
+                labels[f] = name
+        return labels
 
     def frames(self, times: torch.Tensor, shift: tuple[float, float] = (0.0, 0.0),
                batch_size: int = 256) -> torch.Tensor:
@@ -107,6 +133,6 @@ def trained_dual_from_state(state: dict, path: Path, device: torch.device) -> Tr
     return TrainedDual(
         model=model.to(device).eval(), cfg=cfg, grid=PatchGrid(cfg.data.patch_rows, cfg.data.patch_cols),
         num_frames=int(video["num_frames"]), height=int(video["height"]), width=int(video["width"]), device=device,
-        amp=precision.resolve_amp(cfg.train.amp, device), path=path,
+        path=path,
         has_clip_head=bool(state.get("compression", {}).get("clip_head", True)),
     )

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from hnerv_fast.checkpoint_io import CheckpointError
-from hnerv_fast.config import CascadeConfig, ConfigError, Plateau, to_dict
+from hnerv_fast.config import CascadeConfig, Plateau, to_dict
 from hnerv_fast.data import cascade_data
 from hnerv_fast.data.cascade_data import CascadeData
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from hnerv_fast.config import ConfigError, DualHNeRVConfig, to_dict
-from hnerv_fast.data.clip_targets import clip_patch_targets
+from hnerv_fast.data.clip_targets import clip_targets_for
 from hnerv_fast.data.patches import PatchGrid, from_patches, patch_coords, sample_ids, split_frames, to_patches
 from hnerv_fast.data.video import load_frames
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
@@ -64,10 +64,7 @@ class DualHNeRVTask(Task):
         self.split_frames = {"train": train_frames.to(device), "val": val_frames.to(device)}
         self.split_ids = {name: sample_ids(ids, self.grid).to(device) for name, ids in self.split_frames.items()}
         check_decoder_fits(cfg, (height, width), patch_hw)
-        targets = clip_patch_targets(
-            patches_cpu, model_name=cfg.clip.model, pretrained=cfg.clip.pretrained, cache_dir=cfg.clip.cache_dir,
-            device=device, batch_size=cfg.clip.batch_size, cache_key_extra=f"grid{d.patch_rows}x{d.patch_cols}",
-        )
+        targets = clip_targets_for(patches_cpu, cfg.clip, device, key=self.grid.key)
         self.patches = patches_cpu.to(device)  # uint8: patches are sliced by id in the step
         self.coords = patch_coords(num_frames, height, width, self.grid).to(device)
         self.clip_targets = targets.to(device)
