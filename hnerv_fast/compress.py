@@ -17,7 +17,6 @@ weights renormalised; the report names the number of scales). Both models run in
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import asdict
@@ -29,6 +28,7 @@ from hnerv_fast.atomic import write_bytes_atomic
 from hnerv_fast.device import resolve_device
 from hnerv_fast.errors import UserError, report
 from hnerv_fast.inference.quantize import BITS_RANGE, GRANULARITIES
+from hnerv_fast.inference.cli import model_command_parser
 
 
 class CompressError(UserError, ValueError):
@@ -135,9 +135,7 @@ def format_report(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hnerv_fast.compress", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="a dual_hnerv run's best.pt / latest.pt")
+    parser = model_command_parser("hnerv_fast.compress", __doc__, "a dual_hnerv run's best.pt / latest.pt")
     parser.add_argument("--out", required=True, help="the compressed file to write (e.g. model.hnvc)")
     parser.add_argument("--bits", type=int, default=8,
                         help=f"bits per weight, {BITS_RANGE[0]}..{BITS_RANGE[1]} (default 8)")
@@ -148,7 +146,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH",
                         help="also write the report as JSON to PATH ('-': print only the JSON, on stdout)")
     parser.add_argument("--batch-size", type=int, default=8, help="frames per batch when measuring (default 8)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
     try:
         if not BITS_RANGE[0] <= args.bits <= BITS_RANGE[1]:
@@ -164,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(format_report(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_bytes_atomic((json.dumps(result, indent=2) + "\n").encode(), args.json)
     return 0
 
 

@@ -24,7 +24,6 @@ Bad input: one ``error:`` line and exit code 2.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -37,6 +36,7 @@ import torch
 
 from hnerv_fast.device import resolve_device
 from hnerv_fast.errors import UserError, report
+from hnerv_fast.inference.cli import model_command_parser
 
 VIDEO_SUFFIXES = (".mkv", ".avi", ".mov", ".webm", ".gif")  # recognised, but only .mp4 is written
 MAX_FRAMES = 1_000_000  # a range that selects more is a typo, not a request
@@ -260,10 +260,8 @@ def decode(checkpoint: str | Path, out: str | Path, *, frames: str | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hnerv_fast.decode", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True,
-                        help="a dual_hnerv run's best.pt / latest.pt, or a file written by hnerv_fast.compress")
+    parser = model_command_parser("hnerv_fast.decode", __doc__,
+                                  "a dual_hnerv run's best.pt / latest.pt, or a file written by hnerv_fast.compress")
     parser.add_argument("--out", required=True, help="folder for PNG frames, or NAME.mp4 for an H.264 video")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--frames", help="START:STOP[:STEP] frame times (STOP exclusive, STEP may be fractional); "
@@ -275,7 +273,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, default=25.0, help="frame rate of a .mp4 output (default 25)")
     parser.add_argument("--crf", type=int, default=17, help="H.264 quality of a .mp4, 0 (lossless) to 51 (default 17)")
     parser.add_argument("--batch-size", type=int, default=8, help="frames rendered per batch (default 8)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
     try:
         if not (math.isfinite(args.fps) and args.fps > 0):

@@ -21,7 +21,6 @@ at that position (only crops inside the frame), next to the trained centres (cen
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -38,6 +37,7 @@ from hnerv_fast.errors import UserError, report
 from hnerv_fast.inference.dual import TrainedDual, load_trained_dual
 from hnerv_fast.inference.plots import psnr_per_frame_plot
 from hnerv_fast.ops import patch_psnr, reference
+from hnerv_fast.inference.cli import model_command_parser
 
 METRICS = ("psnr", "ssim", "ms_ssim")
 COLUMNS = (*METRICS, "clip_sim")
@@ -223,16 +223,13 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hnerv_fast.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="dual-head checkpoint: a run's best.pt / latest.pt")
+    parser = model_command_parser("hnerv_fast.evaluate", __doc__, "dual-head checkpoint: a run's best.pt / latest.pt")
     parser.add_argument("--out", required=True, help="output folder (frames.csv, patches.csv, summary.json, PNG)")
     parser.add_argument("--clip-cache", default=None,
                         help="CLIP target cache folder (default: the run's clip.cache_dir, relative to here)")
     parser.add_argument("--fractional", action="store_true",
                         help="also evaluate half-patch-shifted positions (fractional.csv)")
     parser.add_argument("--batch-size", type=int, default=256, help="patches per forward pass")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
     try:
         if args.batch_size < 1:

@@ -38,6 +38,7 @@ import torch
 from hnerv_fast.atomic import write_bytes_atomic
 from hnerv_fast.device import resolve_device
 from hnerv_fast.errors import UserError, report
+from hnerv_fast.inference.cli import model_command_parser
 
 
 class SampleError(UserError, ValueError):
@@ -215,16 +216,13 @@ def _write_reports(result: SampleResult, preview: str | None, json_path: str | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hnerv_fast.sample", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="stage checkpoint, e.g. checkpoints/stage_256_final.pt")
+    parser = model_command_parser("hnerv_fast.sample", __doc__, "stage checkpoint, e.g. checkpoints/stage_256_final.pt")
     parser.add_argument("--xray", action="append", required=True,
                         help="X-ray file (.npy/.png), once per view in the config's data.views order; "
                              "or one .npy [V, X, X]")
     parser.add_argument("--out", required=True, help="output volume: .npy, .nii or .nii.gz")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the config's diffusion.ddim_steps)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--stages-dir", default=None,
                         help="folder with the earlier stages' {stage}_final.pt (default: the checkpoint's folder)")
     parser.add_argument("--reference", default=None,

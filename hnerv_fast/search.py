@@ -20,7 +20,6 @@ Bad input (checkpoint, query, options): one `error:` line and exit code 2.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import sys
@@ -38,6 +37,7 @@ from hnerv_fast.errors import UserError, report
 from hnerv_fast.inference.clip_query import image_query_embedding, text_query_embedding
 from hnerv_fast.inference.dual import TrainedDual, load_trained_dual
 from hnerv_fast.inference.plots import contact_sheet
+from hnerv_fast.inference.cli import model_command_parser
 
 SPLITS = ("all", "train", "val")
 
@@ -181,9 +181,7 @@ def format_table(hits: list[Hit]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hnerv_fast.search", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="dual-head checkpoint: a run's best.pt / latest.pt")
+    parser = model_command_parser("hnerv_fast.search", __doc__, "dual-head checkpoint: a run's best.pt / latest.pt")
     parser.add_argument("--text", default=None, help="text query (the run's CLIP text encoder)")
     parser.add_argument("--image", default=None, help="image query file (PNG, JPEG, ...)")
     parser.add_argument("--top-k", type=int, default=10, help="how many patches to list (default 10)")
@@ -192,7 +190,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="contact sheet PNG of the top patches (ground truth); default search_results.png")
     parser.add_argument("--cache-dir", default=None,
                         help="prediction / query cache folder (default: search_cache/ beside the checkpoint)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
     try:
         hits = search(args.checkpoint, text=args.text, image=args.image, top_k=args.top_k, split=args.split,
