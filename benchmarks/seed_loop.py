@@ -6,12 +6,26 @@ written after every epoch. The baseline of benchmarks/test_train_step.py and ben
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from hnerv_fast.logging.layouts import DualTags as T
 from hnerv_fast.ops import reference
+
+
+def published_blocks(model: nn.Module) -> nn.Module:
+    """The same model, sharing its parameters, with every upsampling block written as the published trainers
+    write it (Conv2d -> nn.PixelShuffle -> activation); our HNeRVBlock computes the same function with its
+    convolution's output channels reordered, which the seed-style baseline should not get for free."""
+    seed = copy.copy(model)
+    seed._modules = dict(model._modules)  # a shallow copy would share the module table: give it its own
+    seed.blocks = nn.Sequential(*[
+        nn.Sequential(b.conv, nn.PixelShuffle(b.stride) if b.stride > 1 else nn.Identity(), b.act)
+        for b in model.blocks])
+    return seed
 
 
 def seed_style_epoch(task, model, optimizer, writer, batches, device, checkpoint: Path | None = None) -> None:

@@ -22,7 +22,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from benchmarks.ratios import record_ratio, record_seconds
 from benchmarks.reference_trainer import REFERENCE_ENV, reference_epoch_seconds, write_frames
-from benchmarks.seed_loop import seed_style_epoch
+from benchmarks.seed_loop import published_blocks, seed_style_epoch
 from hnerv_fast.config import load_config
 from hnerv_fast.data.video import load_frames
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
@@ -68,11 +68,12 @@ def test_reference_trainer(benchmark, setup):
 def test_seed_style_epoch(benchmark, setup):
     cfg, device, tmp = setup
     task = _task(cfg, device)
-    optimizer = torch.optim.Adam(task.model.parameters(), lr=cfg.train.lr)
+    model = published_blocks(task.model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     epochs = iter(range(1, 2 + ROUNDS))
     with SummaryWriter(str(tmp / "seed_tb")) as writer:
         def one_epoch():
-            seed_style_epoch(task, task.model, optimizer, writer, task.train_batches(next(epochs)), device,
+            seed_style_epoch(task, model, optimizer, writer, task.train_batches(next(epochs)), device,
                              checkpoint=tmp / "seed_latest.pth")
         one_epoch()  # warm-up
         benchmark.pedantic(one_epoch, rounds=ROUNDS, iterations=1)

@@ -17,7 +17,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from benchmarks.ratios import record_ratio
-from benchmarks.seed_loop import seed_style_epoch
+from benchmarks.seed_loop import published_blocks, seed_style_epoch
 from hnerv_fast.config import load_config
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
 from hnerv_fast.train.engine import Engine, seed_everything
@@ -65,7 +65,7 @@ def _fast_epoch(task, engine, batches, device, log: bool):
 def test_seed_style_eager_loop(benchmark, setup):
     cfg, device, tmp = setup
     task, _ = _fast_engine(cfg, device, tmp)
-    model = task.model
+    model = published_blocks(task.model)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     batches = task.train_batches(1)[:STEPS]
     with SummaryWriter(str(tmp / "seed_tb")) as writer:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from hnerv_fast.models.blocks import PositionalEncoding
+from hnerv_fast.models.blocks import HNeRVBlock, PositionalEncoding
 from hnerv_fast.config.dual import HNeRVModelConfig
 from hnerv_fast.models.hnerv_dual import DualHNeRV
 from hnerv_fast.train.schedule import cosine_multiplier
@@ -75,3 +75,21 @@ def test_the_stem_is_followed_by_the_activation():
     model.blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     model(torch.rand(8, 3))
     assert seen[0].min() >= 0 and (seen[0] == 0).any()
+
+
+@pytest.mark.parametrize("stride", [1, 2, 4, 5])
+def test_block_is_conv_pixel_shuffle_activation(stride):
+    """HNeRVBlock reorders its convolution's output channels for speed; the function and the parameters' meaning
+    stay those of Conv2d -> nn.PixelShuffle -> activation (checkpoints and the published layout), forward and
+    backward, in float64."""
+    torch.manual_seed(0)
+    block = HNeRVBlock(6, 5, stride, 3, "gelu").double()
+    published = torch.nn.Sequential(block.conv, torch.nn.PixelShuffle(stride), block.act)
+    x = torch.randn(2, 6, 7, 9, dtype=torch.float64, requires_grad=True)
+    y, expected = block(x), published(x)
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad((y * g).sum(), (x, block.conv.weight, block.conv.bias))
+    want = torch.autograd.grad((expected * g).sum(), (x, block.conv.weight, block.conv.bias))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
