@@ -83,6 +83,9 @@ def test_shards_partition_the_single_process_batches():
                 assert all(float(b.denom) == float(one.weight.sum()) / 2 for b in parts)
             assert [(b.offset, b.global_size) for b in (ranks[0][i], ranks[1][i])] == [(0, 8), (4, 8)]
         assert drop_last or float(single[-1].weight.sum()) == 37 % 8
+        # real samples only (Perf/* samples/s): padding rows are not counted
+        for batches in (single, ranks[0], accum):
+            assert sum(b.samples for b in batches) == (32 if drop_last else 37)
 
 
 def test_single_process_helpers_are_noops():

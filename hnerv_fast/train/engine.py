@@ -92,19 +92,23 @@ class Batch:
     divided by its micro-batches (world_size x grad_accum_steps), so averaging over ranks (DDP) and
     micro-steps gives the weighted mean over the step's samples. In one process without accumulation
     it is `weight.sum()`. Rows `offset:offset+len(ids)` of the `global_size` rows that all ranks' shards
-    of this micro-batch make, for per-sample noise drawn for the global batch."""
+    of this micro-batch make, for per-sample noise drawn for the global batch; `samples` of those rows are real
+    (weight 1), the rest padding (counted on the host when the batches are cut: Perf/* samples/s)."""
 
     ids: torch.Tensor
     weight: torch.Tensor
     denom: torch.Tensor | None = None
     offset: int = 0
     global_size: int = 0
+    samples: int | None = None
 
     def __post_init__(self):
         if self.denom is None:
             self.denom = self.weight.sum()
         if not self.global_size:
             self.global_size = self.offset + self.ids.shape[0]
+        if self.samples is None:
+            self.samples = self.global_size
 
 
 def epoch_batches(
@@ -139,8 +143,8 @@ def epoch_batches(
     if parts == 1:  # one process, no accumulation: denom = weight.sum()
         weight = ones.to(device)
         denom = weight.sum()
-        return [Batch(ids.to(device), weight, denom) if w is ones else Batch(ids.to(device), w.to(device))
-                for ids, w in steps]
+        return [Batch(ids.to(device), weight, denom) if w is ones
+                else Batch(ids.to(device), w.to(device), samples=int(w.sum())) for ids, w in steps]
     micro_size = world * batch_size
     batches = []
     for ids, w in steps:
@@ -149,7 +153,8 @@ def epoch_batches(
             rows = slice(m * micro_size, (m + 1) * micro_size)
             batches.append(Batch(distributed.shard_rows(ids[rows], rank, world).to(device),
                                  distributed.shard_rows(w[rows], rank, world).to(device),
-                                 denom, offset=rank * batch_size, global_size=micro_size))
+                                 denom, offset=rank * batch_size, global_size=micro_size,
+                                 samples=int(w[rows].sum())))
     return batches
 
 
@@ -365,7 +370,7 @@ class Engine:
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(task.progress_postfix(), refresh=False)
-        perf = meter.stop(steps, samples=sum(b.global_size for b in batches[:steps * k]))
+        perf = meter.stop(steps, samples=sum(b.samples for b in batches[:steps * k]))
         if bar is not None:
             bar.close()
         distributed.all_reduce_mean_(sums)  # epoch means over all ranks' samples (norms are global already)
