@@ -129,23 +129,29 @@ def from_patches(patches: torch.Tensor, grid: PatchGrid) -> torch.Tensor:
     return x.reshape(T, C, grid.rows * ph, grid.cols * pw)
 
 
-def patch_coords(num_frames: int, height: int, width: int, grid: PatchGrid) -> torch.Tensor:
+def patch_coords(num_frames: int, height: int, width: int, grid: PatchGrid, times: torch.Tensor | None = None,
+                 shift: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
     """float32 ``[T * count, 3]`` of ``(t, cx, cy)`` in the sample-id order of :func:`to_patches`.
 
     ``t = frame / (num_frames - 1)`` (0 for a single frame), ``cx = patch centre x / W``,
     ``cy = patch centre y / H`` (pixel-edge convention: the centre of column ``c`` is at
     ``(c + 0.5) * pw``, so ``cx = (c + 0.5) / cols``).
+    ``times``: the frame indices to give, fractional ones allowed (between trained frames); default every frame.
+    ``shift = (dy, dx)`` moves every patch centre by that many patch heights / widths (positions between the
+    trained ones). The trainer uses the defaults.
     """
     if not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames <= 0:
         raise DataError(f"patch_coords: num_frames must be a positive int, got {num_frames!r}")
     ph, pw = grid.patch_size(height, width)
     denom = max(num_frames - 1, 1)
-    t = torch.arange(num_frames, dtype=torch.float64) / denom
-    cy = (torch.arange(grid.rows, dtype=torch.float64) + 0.5) * ph / height
-    cx = (torch.arange(grid.cols, dtype=torch.float64) + 0.5) * pw / width
-    tt = t.view(-1, 1, 1).expand(num_frames, grid.rows, grid.cols)
-    yy = cy.view(1, -1, 1).expand(num_frames, grid.rows, grid.cols)
-    xx = cx.view(1, 1, -1).expand(num_frames, grid.rows, grid.cols)
+    frames = torch.arange(num_frames) if times is None else torch.as_tensor(times).reshape(-1)
+    n = len(frames)
+    t = frames.to(torch.float64) / denom
+    cy = (torch.arange(grid.rows, dtype=torch.float64) + 0.5 + shift[0]) * ph / height
+    cx = (torch.arange(grid.cols, dtype=torch.float64) + 0.5 + shift[1]) * pw / width
+    tt = t.view(-1, 1, 1).expand(n, grid.rows, grid.cols)
+    yy = cy.view(1, -1, 1).expand(n, grid.rows, grid.cols)
+    xx = cx.view(1, 1, -1).expand(n, grid.rows, grid.cols)
     return torch.stack([tt, xx, yy], dim=-1).reshape(-1, 3).to(torch.float32)
 
 

@@ -10,7 +10,7 @@ import torch
 from hnerv_fast import checkpoint_io
 from hnerv_fast.checkpoint_io import CheckpointError
 from hnerv_fast.config import ConfigError, DualHNeRVConfig, from_dict
-from hnerv_fast.data.patches import PatchGrid, from_patches, split_frames
+from hnerv_fast.data.patches import PatchGrid, from_patches, patch_coords, split_frames
 from hnerv_fast.data.video import load_frames
 from hnerv_fast.errors import UserError
 from hnerv_fast.inference import compressed
@@ -41,20 +41,9 @@ class TrainedDual:
         return self.grid.patch_size(self.height, self.width)
 
     def coords(self, times: torch.Tensor, shift: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
-        """float32 ``[len(times) * grid.count, 3]`` of ``(t, cx, cy)``, frame-major and in the trainer's patch
-        order (data/patches.py). ``times`` are frame indices, fractional ones allowed (between trained frames);
-        ``shift = (dy, dx)`` moves every patch centre by that many patch heights / widths (fractional patch
-        positions). With integer times and no shift these are exactly the trainer's coordinates."""
-        times = torch.as_tensor(times, dtype=torch.float64).reshape(-1)
-        rows, cols = self.grid.rows, self.grid.cols
-        t = times / max(self.num_frames - 1, 1)
-        cy = (torch.arange(rows, dtype=torch.float64) + 0.5 + shift[0]) / rows
-        cx = (torch.arange(cols, dtype=torch.float64) + 0.5 + shift[1]) / cols
-        n = len(times)
-        tt = t.view(-1, 1, 1).expand(n, rows, cols)
-        yy = cy.view(1, -1, 1).expand(n, rows, cols)
-        xx = cx.view(1, 1, -1).expand(n, rows, cols)
-        return torch.stack([tt, xx, yy], dim=-1).reshape(-1, 3).to(torch.float32)
+        """The trainer's ``(t, cx, cy)`` of every patch of ``times`` (frame indices, fractional ones allowed), frame-
+        major, with every patch centre moved by ``shift = (dy, dx)`` patch heights / widths (data/patches.py)."""
+        return patch_coords(self.num_frames, self.height, self.width, self.grid, times, shift)
 
     @torch.no_grad()
     def predict(self, coords: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
