@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from hnerv_fast.checkpoint_io import CheckpointError
-from hnerv_fast.inference.quantize import QuantizedTensor, dequantize, quantize
+from hnerv_fast.inference.quantize import QuantizedTensor, dequantize, quantize, storage_dtype
 
 MAGIC = b"HNVFQ\x00\r\n"
 FORMAT_VERSION = 1
@@ -137,11 +137,6 @@ class _Payload:
         return [self.size - len(blob), len(blob)]
 
 
-def _raw_dtype(values: np.ndarray) -> np.dtype:
-    fits = values.size == 0 or float(np.abs(values).max()) < float(np.finfo(np.float16).max)
-    return np.dtype("<f2") if fits else np.dtype("<f4")
-
-
 def encode_model(state_dict: dict[str, torch.Tensor], *, config: dict, video: dict, epoch: int | None,
                  bits: int, granularity: str, keep_clip_head: bool = True) -> tuple[bytes, CodingStats]:
     """A dual-head model's weights and what decoding needs -> (the file's bytes, where they go)."""
@@ -155,7 +150,7 @@ def encode_model(state_dict: dict[str, torch.Tensor], *, config: dict, video: di
             continue
         if tensor.dim() < 2:
             values = tensor.detach().to("cpu", torch.float32).numpy()
-            dtype = _raw_dtype(values)
+            dtype = storage_dtype(values)
             blob = values.astype(dtype).tobytes()
             tensors.append({"name": name, "shape": shape, "storage": "raw", "dtype": dtype.name,
                             "blobs": {"values": payload.add(blob)}})

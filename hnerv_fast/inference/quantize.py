@@ -37,10 +37,11 @@ def _round_outward(values: np.ndarray, dtype: np.dtype, direction: float) -> np.
     return np.where(wrong_side, np.nextafter(cast, np.array(direction, dtype=dtype)), cast)
 
 
-def side_dtype(lo: np.ndarray, hi: np.ndarray) -> np.dtype:
-    """float16 when both ends of every range (and their outward rounding) stay finite in it, else float32."""
-    limit = float(np.finfo(np.float16).max) / 2  # room for the step's outward rounding
-    return np.dtype(np.float16) if max(np.abs(lo).max(), np.abs(hi).max()) < limit else np.dtype(np.float32)
+def storage_dtype(*values: np.ndarray, headroom: float = 1.0) -> np.dtype:
+    """Little-endian float16 when every value, times ``headroom``, stays below float16's largest finite value;
+    float32 otherwise (the grids here and the biases of hnerv_fast/inference/compressed.py)."""
+    largest = max((float(np.abs(v).max()) for v in values if v.size), default=0.0)
+    return np.dtype("<f2") if largest * headroom < float(np.finfo(np.float16).max) else np.dtype("<f4")
 
 
 def quantize(weight: torch.Tensor, bits: int, granularity: str) -> QuantizedTensor:
@@ -54,7 +55,7 @@ def quantize(weight: torch.Tensor, bits: int, granularity: str) -> QuantizedTens
     per_channel = granularity == "channel" and values.dim() > 1
     rows = (values.reshape(values.shape[0], -1) if per_channel else values.reshape(1, -1)).numpy()
     lo64, hi64 = rows.min(axis=1), rows.max(axis=1)
-    dtype = side_dtype(lo64, hi64)
+    dtype = storage_dtype(lo64, hi64, headroom=2.0)  # room for the step's outward rounding
     levels = (1 << bits) - 1
     lo = _round_outward(lo64, dtype, -1.0)
     # a constant channel whose value the grid dtype holds exactly has no span: any positive step gives symbol 0
