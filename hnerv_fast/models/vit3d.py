@@ -1,7 +1,8 @@
 """3D ViT building blocks for the cascade: timestep embedding, 3D patchify / unpatchify,
 adaptive-LayerNorm (AdaLN) transformer block with optional cross-attention, AdaLN output layer.
 
-All modules are plain ``nn.Module``s; attention uses ``F.scaled_dot_product_attention``.
+All modules are plain ``nn.Module``s; attention is :func:`attention` (``F.scaled_dot_product_attention``,
+or two matmuls for bf16 on a CPU under torch.compile).
 
 AdaLN: a conditioning vector ``c [B, cond_dim]`` is mapped (SiLU -> Linear) to per-channel
 ``shift, scale, gate`` triples; each sub-layer computes
@@ -24,6 +25,8 @@ __all__ = [
     "TimestepEmbedder",
     "patchify3d",
     "unpatchify3d",
+    "attention",
+    "matmul_attention",
     "Attention",
     "Mlp",
     "AdaLNBlock",
@@ -91,6 +94,26 @@ def unpatchify3d(tokens: torch.Tensor, patch: int, channels: int, grid) -> torch
     return x.reshape(B, channels, gd * p, gh * p, gw * p)
 
 
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``softmax(q kᵀ / √d) v`` as two matmuls in the inputs' dtype, the softmax in at least float32."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+    weights = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+    return weights.to(q.dtype) @ v
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Scaled dot-product attention of ``[B, heads, N, d]`` tensors.
+
+    bf16 on the CPU under torch.compile: :func:`matmul_attention`, whose bf16 matmuls run on the CPU's
+    native bf16 units while inductor fuses the float32 softmax with its casts (a stage_32 step: 27 ms
+    against 34 ms with flash attention, benchmarks/RESULTS.md). Everywhere else (eager, where the unfused
+    softmax costs what the matmuls save; float32; GPU) ``F.scaled_dot_product_attention``.
+    """
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu" and torch.compiler.is_compiling():
+        return matmul_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 class Attention(nn.Module):
     """Multi-head attention (self-attention when ``context`` is None, else cross-attention)."""
 
@@ -111,7 +134,7 @@ class Attention(nn.Module):
         q = self.q(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
         kv = self.kv(ctx).reshape(B, ctx.shape[1], 2, self.num_heads, self.head_dim)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
 

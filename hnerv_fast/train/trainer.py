@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from hnerv_fast import host_memory
 from hnerv_fast.config import load_config, to_yaml
 from hnerv_fast.errors import UserError
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
@@ -22,6 +23,8 @@ from hnerv_fast.train.registry import BUILDERS
 def run(cfg, resume: str | None = None) -> Path:
     """Trains `cfg` (resuming from a checkpoint path, or "latest"); returns the checkpoint folder."""
     device = pick_device(cfg.train.device)
+    if device.type == "cpu":
+        host_memory.keep_freed_blocks()  # a CPU step's activations stay in the heap between steps
     with distributed.process_group(device, cfg.train.dist_timeout_s), distributed.rank0_reports((UserError,)):
         seed_everything(cfg.train.seed, cfg.train.deterministic)
         set_backend(cfg.ops.backend)
