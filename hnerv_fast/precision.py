@@ -2,7 +2,9 @@
 
     none  float32 everywhere
     bf16  bfloat16 autocast (CPU or GPU); no loss scaling needed
-    fp16  float16 autocast + GradScaler on GPU; on CPU there is no fast fp16 path, so it runs float32
+    fp16  float16 autocast + GradScaler on GPU; a CPU has no fast fp16 arithmetic, so there it runs as `auto`
+          (the cascade's default: its CPU stage in bf16 holds its validation loss and sample quality,
+          benchmarks/RESULTS.md)
     auto  CPU: bf16 where the processor has native bfloat16 arithmetic (AVX512-BF16 or AMX), float32
           elsewhere (emulated bf16 is slower than float32); GPU: float32 (the bf16 paths of the fused
           ops are not measured on a device yet: benchmarks/RESULTS_gpu.md)
@@ -26,10 +28,10 @@ def cpu_has_native_bf16() -> bool:
 
 def resolve_amp(amp: str, device: torch.device) -> str:
     """The precision that runs on `device` for the config value `amp`: "none", "bf16" or "fp16"."""
+    if amp == "fp16" and device.type != "cuda":
+        amp = "auto"
     if amp == "auto":
         return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "none"
-    if amp == "fp16" and device.type != "cuda":
-        return "none"
     return amp
 
 

@@ -15,7 +15,8 @@ from hnerv_fast.train.tasks.cascade import CascadeStageTask, load_cascade_data
 
 def main(batch_size: str, out: str) -> None:
     cfg = load_config("configs/cascade_tiny.yaml", ["data.num_cases=10", f"train.batch_size={batch_size}",
-                                                    "train.grad_clip=null"])
+                                                    "train.grad_clip=null",
+                                                    "train.amp=none"])  # fp32: the two sums agree to rounding
     device = pick_device("cpu")
     with distributed.process_group(device, timeout_s=120):
         data = load_cascade_data(cfg, device)

@@ -16,12 +16,12 @@ CPU, GPU = torch.device("cpu"), torch.device("cuda")
 def test_auto_uses_bf16_only_on_cpus_with_native_bf16(monkeypatch, native, expected):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
     assert precision.resolve_amp("auto", CPU) == expected
+    assert precision.resolve_amp("fp16", CPU) == expected  # no fast fp16 on a CPU: as auto
     assert precision.resolve_amp("auto", GPU) == "none"  # GPU bf16 not measured yet: explicit only
 
 
 def test_explicit_settings():
     assert precision.resolve_amp("bf16", CPU) == "bf16"
-    assert precision.resolve_amp("fp16", CPU) == "none"  # no fast fp16 path on CPU
     assert precision.resolve_amp("fp16", GPU) == "fp16"
     assert precision.resolve_amp("none", GPU) == "none"
 

@@ -97,7 +97,7 @@ class CascadeTrainConfig(EngineConfig):
     epochs: int = 100
     batch_size: int = 4
     lr: float = 1e-4
-    amp: str = "fp16"  # GradScaler mixed precision on GPU (bf16: no scaler); fp32 on CPU (auto/bf16: bf16)
+    amp: str = "fp16"  # GradScaler mixed precision on GPU (bf16: no scaler); on CPU as auto (bf16 where native)
     grad_clip: Optional[float] = 1.0
     log_every_steps: int = 50
     # stop_after (EngineConfig): ends this invocation after that epoch of the stage being trained
