@@ -23,6 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 from benchmarks.ratios import record_ratio, record_seconds
 from benchmarks.reference_trainer import REFERENCE_ENV, reference_epoch_seconds, write_frames
 from benchmarks.seed_loop import published_blocks, seed_style_epoch
+from hnerv_fast import host_memory
 from hnerv_fast.config import load_config
 from hnerv_fast.data.video import load_frames
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
@@ -41,6 +42,8 @@ def setup(tmp_path_factory):
     cfg = load_config(CONFIG, ["train.progress=false", "loss.pixel_loss_warmup_epochs=0",
                                f"output.output_dir={tmp}/out"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        host_memory.keep_freed_blocks()  # as the trainer does for a CPU run (the seed-style loop gets it too)
     return cfg, device, tmp
 
 
