@@ -4,8 +4,8 @@ glibc serves every block above its mmap threshold (128 KiB at start, adjusted as
 a fresh mmap and unmaps it again on free. A CPU training step allocates and frees the same few-megabyte
 activations every step, so each step page-faults and zero-fills them anew, and how often depends on
 where that dynamic threshold happens to settle in this run. Keeping freed blocks in the heap removes
-both: the cascade's stage_32 step (tiny config, fp32 eager) takes 40 ms instead of 48-59 ms varying from
-run to run (benchmarks/RESULTS.md); the dual-head step is unchanged.
+both: the cascade's stage_32 step (tiny config, fp32 eager) took 46-54 ms in 8 of 12 processes without it
+and 38-41 ms in 13 of 17 with it (benchmarks/RESULTS.md); the dual-head step is unchanged.
 
 The cost: up to `TRIM_THRESHOLD` of freed memory stays with the process instead of going back to the OS.
 A user who set glibc's own MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ keeps their settings.
