@@ -5,26 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hnerv_fast.config import load_config
-from hnerv_fast.train.engine import Engine, seed_everything
-from hnerv_fast.train.tasks.cascade import CascadeStageTask, Conditioning, load_cascade_data
+from tests.hot_loop import cascade_engine
 
 pytestmark = pytest.mark.slow  # an inductor compile (~30 s on 2 cores)
-
-STAGE = "stage_16"
 
 
 def _metrics(tmp_path, compile_mode: str) -> torch.Tensor:
     torch._dynamo.reset()
-    cfg = load_config("configs/cascade_tiny.yaml", [
-        f"output.checkpoint_dir={tmp_path}/{compile_mode}", "train.conditioning=ground_truth", "data.num_cases=14",
-        "data.supersample=1", f"train.stages=[{STAGE}]", "train.amp=none", f"train.compile={compile_mode}"])
-    seed_everything(cfg.train.seed, deterministic=False)
-    device = torch.device("cpu")
-    data = load_cascade_data(cfg, device)
-    prev = Conditioning(cfg, data, device, tmp_path / compile_mode).for_stage(STAGE)
-    task = CascadeStageTask(cfg, STAGE, data, prev, device)
-    engine = Engine(task, cfg.stage_train(STAGE), device, tmp_path / compile_mode)
+    torch.manual_seed(0)  # the same initial weights in both runs
+    task, engine = cascade_engine(tmp_path / compile_mode, torch.device("cpu"), "data.num_cases=14",
+                                  "data.supersample=1", "train.amp=none", f"train.compile={compile_mode}")
     torch.manual_seed(123)  # the step's t and noise come from the global RNG
     return torch.stack([engine.train_step(batch)[0] for batch in task.train_batches(1)])
 
