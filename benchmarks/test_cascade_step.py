@@ -53,7 +53,6 @@ def _steps(engine, batches, device):
         engine.train_step(batch)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return engine, batches, device
 
 
 def _engine(setup, amp: str, compile_mode: str):
@@ -63,7 +62,8 @@ def _engine(setup, amp: str, compile_mode: str):
     task = CascadeStageTask(cfg, STAGE, data, prev, device)
     engine = Engine(task, cfg.stage_train(STAGE), device, tmp / "ckpt")
     batches = (task.train_batches(1) * STEPS)[:STEPS]  # repeat a short epoch: STEPS steps per round
-    return _steps(engine, batches, device)  # warm-up (and compile)
+    _steps(engine, batches, device)  # warm-up (and compile)
+    return engine, batches, device
 
 
 @pytest.fixture(scope="module")
