@@ -192,3 +192,16 @@ def test_gpu_cuda_kernels_dtype_pairs():
             torch.ops.hnerv_fast.psnr(x.to(xt), x.to(yt))
         with pytest.raises(ValueError, match="cannot be mixed"):
             torch.ops.hnerv_fast.ssim_fwd(x.to(xt), x.to(yt), 1, True)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_reference_promotes_float32_pred_with_float64_target(op):
+    """The reference measures an f32 / f64 pair in float64 (before, its SSIM window took pred's dtype and
+    conv2d refused the float64 target), as the fused op on this machine does."""
+    pred, target = _mixed_pair((2, 3, 32, 32), torch.float32, "cpu", NOISE[torch.bfloat16])
+    target = target.double()
+    want = _ref(op)(pred.double(), target)
+    got = _ref(op)(pred, target)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(_fast(op)(pred, target).double(), want, rtol=1e-6, atol=1e-7)

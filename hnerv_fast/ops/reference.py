@@ -87,8 +87,11 @@ def loss_weights(kind: str) -> Tuple[float, float, float, float]:
         raise ValueError(f"unknown pixel loss {kind!r}; expected one of {PIXEL_LOSSES}") from None
 
 
-def _compute_dtype(t: Tensor) -> Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+def _compute_pair(pred: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
+    """Both in the wider of their dtypes, at least float32: a bf16 prediction is measured against the
+    unrounded target, and an f32 / f64 pair in float64 (as the fused backends promote it)."""
+    dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)
+    return pred.to(dtype), target.to(dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -142,7 +145,7 @@ def ssim_per_sample(pred: Tensor, target: Tensor) -> Tensor:
     """SSIM per sample [N]: pytorch-msssim ``ssim(..., data_range=1, size_average=False)``."""
     check_pair(pred, target, "ssim")
     check_ssim_size(pred.shape, "ssim")
-    x, y = _compute_dtype(pred), _compute_dtype(target)
+    x, y = _compute_pair(pred, target)
     return ssim_per_channel(x, y)[0].mean(1)
 
 
@@ -190,7 +193,7 @@ def ms_ssim_per_sample(pred: Tensor, target: Tensor) -> Tensor:
     """
     check_pair(pred, target, "ms_ssim")
     check_ssim_size(pred.shape, "ms_ssim")
-    x, y = _compute_dtype(pred), _compute_dtype(target)
+    x, y = _compute_pair(pred, target)
     levels = ms_ssim_levels(x.shape[-2], x.shape[-1])
     weights = ms_ssim_weights(levels)
     out = None
@@ -207,11 +210,13 @@ def ms_ssim_per_sample(pred: Tensor, target: Tensor) -> Tensor:
 # pixel losses and PSNR
 # ----------------------------------------------------------------------------------------------
 def l1_per_sample(pred: Tensor, target: Tensor) -> Tensor:
-    return (_compute_dtype(pred) - _compute_dtype(target)).abs().flatten(1).mean(1)
+    x, y = _compute_pair(pred, target)
+    return (x - y).abs().flatten(1).mean(1)
 
 
 def l2_per_sample(pred: Tensor, target: Tensor) -> Tensor:
-    return (_compute_dtype(pred) - _compute_dtype(target)).pow(2).flatten(1).mean(1)
+    x, y = _compute_pair(pred, target)
+    return (x - y).pow(2).flatten(1).mean(1)
 
 
 def pixel_loss(pred: Tensor, target: Tensor, kind: str) -> Tensor:
