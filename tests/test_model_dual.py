@@ -93,3 +93,22 @@ def test_block_is_conv_pixel_shuffle_activation(stride):
     want = torch.autograd.grad((expected * g).sum(), (x, block.conv.weight, block.conv.bias))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("out_act", ["tanh", "sigmoid"])
+def test_output_activation_runs_in_float32_under_bf16_autocast(out_act):
+    """Under bf16 autocast the convolutions run in bf16 but the output activation in float32 on the head's
+    output: the image is not rounded to bf16's steps (1/256 on [0.5, 1))."""
+    config = HNeRVModelConfig(embed="pe_1.25_8", fc_dim=24, fc_hw=[2, 2], dec_strds=[2, 2], lower_width=8,
+                              out_act=out_act)
+    torch.manual_seed(0)
+    model = DualHNeRV(config, clip_dim=16)
+    head = {}
+    model.rgb_head.register_forward_hook(lambda _m, _i, out: head.setdefault("out", out))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rgb, _ = model(torch.rand(4, 3))
+    assert head["out"].dtype == torch.bfloat16 and rgb.dtype == torch.float32
+    pre = head["out"].float()
+    want = (torch.tanh(pre) + 1) * 0.5 if out_act == "tanh" else torch.sigmoid(pre)
+    torch.testing.assert_close(rgb, want, rtol=0, atol=0)
+    assert (rgb != rgb.bfloat16().float()).float().mean() > 0.9  # not on bf16's grid

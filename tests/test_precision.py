@@ -31,20 +31,22 @@ def test_bad_amp_value_is_a_config_error():
         load_config("configs/dual_hnerv_tiny.yaml", ["train.amp=int8"])
 
 
-def test_bf16_step_on_cpu_runs_the_model_in_bf16_and_keeps_losses_fp32(tmp_path):
+def test_bf16_step_on_cpu_runs_the_decoder_in_bf16_and_keeps_losses_fp32(tmp_path):
     cfg = load_config("configs/dual_hnerv_tiny.yaml", [
         f"clip.cache_dir={tmp_path}/clip", "train.progress=false", "train.amp=bf16", "train.compile=none",
         "loss.pixel_loss_warmup_epochs=0"])
     task = DualHNeRVTask(cfg, CPU)
     engine = Engine(task, cfg.train, CPU, tmp_path / "ckpt")
-    seen = []
-    task.model.register_forward_hook(lambda module, args, out: seen.append(out[0].dtype))
+    seen, images = [], []
+    task.model.blocks.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    task.model.register_forward_hook(lambda module, args, out: images.append(out[0].dtype))
     task.begin_epoch(1)
     batches = task.train_batches(1)
     first, _ = engine.train_step(batches[0])
     for batch in batches[1:]:
         metrics, norms = engine.train_step(batch)
     assert seen and set(seen) == {torch.bfloat16}
+    assert set(images) == {torch.float32}  # the output activation runs in float32 (models/hnerv_dual.py)
     assert metrics.dtype == torch.float32 and norms.dtype == torch.float32
     assert torch.isfinite(metrics).all() and torch.isfinite(norms).all()
     assert all(p.dtype == torch.float32 for p in task.model.parameters())  # master weights stay fp32
