@@ -48,6 +48,10 @@ def test_cascade_trainer_writes_perf_tags_per_stage(tmp_path):
     acc = load_events(tmp_path / "tensorboard" / "perf")
     tags = {name: CascadeTags.tag("stage_16", name) for name in CascadeTags.PERF}
     _check_perf(acc, tags, cfg.train.epochs, steps=1, samples=4)  # 5 train cases: 1 step of 4
+    # epoch_time is the same measurement as the step time (on GPU: the CUDA events, not the host's clock)
+    epoch_time = scalar_series(acc, CascadeTags.tag("stage_16", "epoch_time"))
+    step_ms = scalar_series(acc, tags[PerfTags.STEP_TIME_MS])
+    assert [t for _, t in epoch_time] == pytest.approx([1 * ms / 1000 for _, ms in step_ms], rel=1e-5)
     assert custom_scalar_layout(acc)["Performance"] == ["Step time (ms)", "Samples / s", "Peak memory (MiB)"]
 
 
@@ -57,6 +61,30 @@ def test_cpu_meter_values():
     assert set(values) == set(PerfTags.ALL)
     assert all(isinstance(v, float) and v > 0 for v in values.values())
     assert values[PerfTags.SAMPLES_PER_S] == pytest.approx(128 / (4 * values[PerfTags.STEP_TIME_MS] / 1000))
+
+
+def test_cpu_meter_seconds_are_the_step_time():
+    meter = EpochMeter(torch.device("cpu"))
+    values = meter.stop(steps=4, samples=128)
+    assert meter.seconds == pytest.approx(4 * values[PerfTags.STEP_TIME_MS] / 1000, rel=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_meter_times_the_device_work_not_the_launches():
+    """The work queued between start and stop counts, though the host returns before it ran."""
+    device = torch.device("cuda")
+    a = torch.randn(4096, 4096, device=device)
+    torch.cuda.synchronize()
+    meter = EpochMeter(device)
+    for _ in range(20):
+        a = a @ a / 64
+    values = meter.stop(steps=20, samples=20)
+    assert callable(meter.seconds) and callable(values[PerfTags.STEP_TIME_MS])
+    seconds = meter.seconds()  # waits for the end event
+    # 2.7 TFLOP of float32 products: over 3 ms even at an H200's dense bf16 peak; queuing them takes far less
+    assert seconds > 1e-3
+    assert seconds == pytest.approx(20 * values[PerfTags.STEP_TIME_MS]() / 1000, rel=1e-6)
 
 
 def test_callable_values_are_resolved_on_the_writer_thread(tmp_path):

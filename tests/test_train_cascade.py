@@ -286,7 +286,10 @@ def test_wandb_mirror_axes():
     fake = FakeRun()
     mirror = WandbMirror(fake, ["stage_16"])
     assert fake.metrics["stage_16/train_loss_step"] == "stage_16/global_step"
-    assert fake.metrics["stage_16/val_loss"] == "stage_16/epoch"
+    # every tag the stage writes has an axis: the per-step ones the step, all others the epoch
+    for n in T.STEP + T.EPOCH + T.PERF + (T.SKIPPED_STEPS,) + T.SAMPLE_QUALITY:
+        axis = "global_step" if n in T.STEP else "epoch"
+        assert fake.metrics[f"stage_16/{n}"] == f"stage_16/{axis}", n
     mirror.log({"stage_16/train_loss_step": 0.5, "stage_16/train_physics_step": 0.1}, step=50)
     mirror.log({"stage_16/val_loss": 0.4, "stage_16/epoch_time": 1.0}, step=2)
     assert fake.logged[0]["stage_16/global_step"] == 50 and fake.logged[1]["stage_16/epoch"] == 2

@@ -130,6 +130,7 @@ class CascadeTags:
     # at each sample_every epoch (with the images): the DDIM samples of the val_samples cases against their
     # ground truth (PSNR, 3D SSIM) and their DRRs against the input X-rays (MSE)
     SAMPLE_QUALITY = ("val_psnr", "val_ssim", "val_drr_mse")
+    PER_EPOCH = EPOCH + PERF + (SKIPPED_STEPS,) + SAMPLE_QUALITY  # every tag on the stage's epoch axis
 
     @staticmethod
     def tag(stage: str, name: str) -> str:

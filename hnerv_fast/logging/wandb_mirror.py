@@ -26,7 +26,7 @@ class WandbMirror:
             run.define_metric(f"{s}/epoch", hidden=True)
             for n in T.STEP:
                 run.define_metric(T.tag(s, n), step_metric=f"{s}/global_step")
-            for n in T.EPOCH + T.PERF:
+            for n in T.PER_EPOCH:
                 run.define_metric(T.tag(s, n), step_metric=f"{s}/epoch")
 
     def log(self, values: dict[str, float], step: int) -> None:

@@ -31,11 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -200,12 +199,12 @@ class Task(ABC):
         """After each optimizer step (`taken`: a device bool, False when the step was skipped); device work only."""
 
     @abstractmethod
-    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: torch.Tensor, lr: torch.Tensor, seconds: float,
-                  perf: dict[str, Any], skipped: torch.Tensor) -> float | None:
+    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: torch.Tensor, lr: torch.Tensor,
+                  seconds: float | Callable[[], float], perf: dict[str, Any], skipped: torch.Tensor) -> float | None:
         """Log epoch means (sums = [metrics..., group norms...] summed over the optimizer steps that were taken,
         `steps` of them (a device count), averaged over ranks), `skipped` (steps skipped for a non-finite loss or
-        gradient norm) and `perf` ({PerfTags name: number or writer-thread callable}, see perf.py); run eval
-        when due. Called on every rank (only rank 0's writer writes).
+        gradient norm), the steps' time in `seconds` and `perf` ({PerfTags name: number or writer-thread
+        callable}, see perf.py); run eval when due. Called on every rank (only rank 0's writer writes).
         Returns the epoch's score for "best" tracking (higher is better) or None when not evaluated."""
 
     @abstractmethod
@@ -363,7 +362,6 @@ class Engine:
         sums = None
         self.skipped.zero_()
         self.worst_run.copy_(self.bad_run)
-        started = time.perf_counter()
         meter = EpochMeter(self.device)
         bar = self._progress(epoch, epochs, steps)
         for i in range(steps):
@@ -381,10 +379,9 @@ class Engine:
         if bar is not None:
             bar.close()
         distributed.all_reduce_mean_(sums)  # epoch means over all ranks' samples (norms are global already)
-        seconds = time.perf_counter() - started
         lr = self.optimizer.param_groups[0]["lr"].detach().clone()  # what the last step used (a device tensor)
         taken = (steps - self.skipped).clamp(min=1)
-        score = task.end_epoch(epoch, sums, taken, lr, seconds, perf, self.skipped.clone())
+        score = task.end_epoch(epoch, sums, taken, lr, meter.seconds, perf, self.skipped.clone())
         self._check_bad_steps(epoch)  # before saving: the last good checkpoint is kept
         improved = score is not None and score > self.best_score
         if improved:

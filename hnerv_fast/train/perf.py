@@ -6,6 +6,8 @@ event there), so neither the steps nor the epoch boundary wait for the GPU. Peak
 allocator's high-water mark, reset when the epoch starts.
 CPU: `perf_counter` around the steps; peak memory is the process's peak resident set size so far
 (`ru_maxrss`: the OS keeps no per-epoch figure).
+The epoch's training time (`seconds`, the cascade's `{stage}/epoch_time` and the printed epoch line) is the
+same measurement: on GPU a host clock would read only how long the launches took to queue.
 """
 from __future__ import annotations
 
@@ -21,7 +23,10 @@ MIB = float(1 << 20)
 
 
 class EpochMeter:
-    """Started when the epoch's steps begin; `stop` gives {Perf tag: value or callable} for the logger."""
+    """Started when the epoch's steps begin; `stop` gives {Perf tag: value or callable} for the logger and
+    sets `seconds`, the steps' time (a number, or on GPU a callable for the writer thread)."""
+
+    seconds: float | Callable[[], float]
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -35,7 +40,7 @@ class EpochMeter:
     def stop(self, steps: int, samples: int) -> dict[str, float | Callable[[], float]]:
         """Values for `steps` optimizer steps that trained on `samples` samples (all ranks together)."""
         if self.device.type != "cuda":
-            seconds = time.perf_counter() - self._started
+            self.seconds = seconds = time.perf_counter() - self._started
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
             return {P.STEP_TIME_MS: 1000.0 * seconds / steps, P.SAMPLES_PER_S: samples / seconds,
                     P.PEAK_MEMORY_MIB: peak}
@@ -46,6 +51,7 @@ class EpochMeter:
             end.synchronize()
             return start.elapsed_time(end)
 
+        self.seconds = lambda: elapsed_ms() / 1000.0
         return {P.STEP_TIME_MS: lambda: elapsed_ms() / steps,
                 P.SAMPLES_PER_S: lambda: 1000.0 * samples / elapsed_ms(),
                 P.PEAK_MEMORY_MIB: torch.cuda.max_memory_allocated(self.device) / MIB}

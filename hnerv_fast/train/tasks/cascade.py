@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -221,8 +221,8 @@ class CascadeStageTask(Task):
         return {} if value is None else {"loss": round(value, 4)}
 
     # ------------------------------------------------------------------------ epoch logging
-    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: torch.Tensor, lr: torch.Tensor, seconds: float,
-                  perf: dict[str, Any], skipped: torch.Tensor) -> float | None:
+    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: torch.Tensor, lr: torch.Tensor,
+                  seconds: float | Callable[[], float], perf: dict[str, Any], skipped: torch.Tensor) -> float | None:
         tag = lambda n: T.tag(self.name, n)  # noqa: E731
         train = sums[:3] / steps
         val = self.validate()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -124,8 +124,8 @@ class DualHNeRVTask(Task):
         return {k: round(latest[tag], 4) for k, tag in (("loss", T.BATCH_TOTAL), ("psnr", T.BATCH_PSNR)) if tag in latest}
 
     # ------------------------------------------------------------------------ epoch logging
-    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: torch.Tensor, lr: torch.Tensor, seconds: float,
-                  perf: dict[str, Any], skipped: torch.Tensor) -> float | None:
+    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: torch.Tensor, lr: torch.Tensor,
+                  seconds: float | Callable[[], float], perf: dict[str, Any], skipped: torch.Tensor) -> float | None:
         cfg = self.cfg
         means = sums / steps
         psnr, pixel, clip, total, g_total, g_decoder, g_rgb, g_clip = means.unbind()
@@ -142,7 +142,7 @@ class DualHNeRVTask(Task):
         }
         epochs = cfg.train.epochs
         def report(v: dict[str, float]) -> None:  # on the writer thread, values already on the host
-            _print_epoch(epoch, epochs, seconds, v)
+            _print_epoch(epoch, epochs, seconds() if callable(seconds) else seconds, v)
             self.health(self.writer, epoch, v)
 
         self.writer.add_scalars(epoch, values, callback=report)
