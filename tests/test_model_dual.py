@@ -112,3 +112,14 @@ def test_output_activation_runs_in_float32_under_bf16_autocast(out_act):
     want = (torch.tanh(pre) + 1) * 0.5 if out_act == "tanh" else torch.sigmoid(pre)
     torch.testing.assert_close(rgb, want, rtol=0, atol=0)
     assert (rgb != rgb.bfloat16().float()).float().mean() > 0.9  # not on bf16's grid
+
+
+def test_clip_embedding_is_a_float32_unit_vector_under_bf16_autocast():
+    """The CLIP loss is 1 - <embedding, target>: a cosine only while the embedding has norm 1."""
+    config = HNeRVModelConfig(embed="pe_1.25_8", fc_dim=24, fc_hw=[2, 2], dec_strds=[2, 2], lower_width=8)
+    torch.manual_seed(0)
+    model = DualHNeRV(config, clip_dim=512)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, clip = model(torch.rand(16, 3))
+    assert clip.dtype == torch.float32
+    torch.testing.assert_close(clip.norm(dim=-1), torch.ones(16), rtol=0, atol=1e-6)

@@ -58,5 +58,7 @@ class DualHNeRV(nn.Module):
             rgb = (torch.tanh(rgb) + 1) * 0.5
         elif self.config.out_act == "sigmoid":
             rgb = torch.sigmoid(rgb)
-        clip = F.normalize(self.clip_head(features.mean(dim=(2, 3))), dim=-1)
+        # normalised in float32 too: a bf16 unit vector's norm is off by up to 4e-3, and the CLIP loss
+        # 1 - <embedding, target> assumes unit vectors
+        clip = F.normalize(self.clip_head(features.mean(dim=(2, 3))).float(), dim=-1)
         return rgb, clip
