@@ -53,7 +53,8 @@ def parent_on_cpu(test):
 def run_triton_interpreted(test_file: str, select: str, passed: int, exact: bool = False, timeout: int = 900) -> None:
     """Run `test_file`'s cases selected by `-k select` in a TRITON_INTERPRET=1 child pytest; assert it passed
     with at least (`exact`: exactly) `passed` tests and skipped none (a skip there hides a backend)."""
-    env = dict(os.environ, TRITON_INTERPRET="1", HNERV_FAST_OPS_BACKEND="auto", PYTHONPATH=str(ROOT))
+    path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])  # keep the caller's entries
+    env = dict(os.environ, TRITON_INTERPRET="1", HNERV_FAST_OPS_BACKEND="auto", PYTHONPATH=path)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", test_file, "-k", select]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     tail = (proc.stdout + proc.stderr)[-6000:]
