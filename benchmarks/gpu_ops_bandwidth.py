@@ -161,6 +161,9 @@ def main() -> int:
         print("gpu_ops_bandwidth: no CUDA device", file=sys.stderr)
         return 2
     device = torch.device("cuda")
+    # the reference's conv-based SSIM in true float32 (cuDNN's TF32 default would put ~1e-3 into the
+    # error columns, which are meant to measure the fused kernels); as tests/conftest.py does
+    torch.backends.cudnn.allow_tf32 = False
     backends = [b for b in ("cuda", "triton", "reference") if b in ops.available_backends("cuda")]
     try:
         import pytorch_msssim as pm

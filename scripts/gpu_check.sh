@@ -79,7 +79,8 @@ BENCH=(-m pytest -p no:cacheprovider --benchmark-only -s --benchmark-columns=min
 
 if has tests; then
   NPROC=$("$PY" -c "import xdist" 2>/dev/null && echo "-n 8")
-  part tests 170 "$PY" -m pytest -p no:cacheprovider -ra --tb=short $NPROC -m gpu tests
+  # 8 workers x inductor's default compile pool (one process per core) would oversubscribe the cores
+  part tests 170 env TORCHINDUCTOR_COMPILE_THREADS=2 "$PY" -m pytest -p no:cacheprovider -ra --tb=short $NPROC -m gpu tests
   grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | cut -c1-240 | head -n 25 | tee -a "$OUT/summary.txt"
 fi
 if has ops; then

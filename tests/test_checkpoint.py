@@ -33,3 +33,15 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ckpt.CheckpointError, match="cannot read"):
         ckpt.load(bad)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_rng_state_restores_from_a_checkpoint_loaded_onto_cuda(tmp_path):
+    """Resuming on a GPU loads the checkpoint with map_location=cuda: its RNG states arrive as CUDA tensors."""
+    ckpt.save_atomic({"rng": ckpt.rng_state()}, tmp_path / "c.pt")
+    want = torch.rand(4), torch.rand(4, device="cuda")
+    state = ckpt.load(tmp_path / "c.pt", map_location="cuda")["rng"]
+    assert state["torch"].is_cuda
+    ckpt.set_rng_state(state)
+    assert torch.equal(torch.rand(4), want[0]) and torch.equal(torch.rand(4, device="cuda"), want[1])
