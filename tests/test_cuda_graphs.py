@@ -57,6 +57,16 @@ def test_predict_copies_each_chunk_before_the_next_call(tmp_path):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+def test_eval_chunks_are_no_larger_than_the_largest_split(tmp_path):
+    """A batch_size beyond the data (training caps it at the samples) must not pad each eval call up to it."""
+    task, _ = dual(tmp_path, "cpu", "none", "train.batch_size=100000")
+    sizes = []
+    eval_batch = task._eval_batch
+    task._eval_batch = lambda ids: sizes.append(len(ids)) or eval_batch(ids)
+    psnr, _, _ = task.predict(task.split_ids["val"])
+    assert sizes == [len(task.split_ids["train"])] and len(psnr) == len(task.split_ids["val"])
+
+
 def test_accumulated_metrics_survive_the_next_micro_batch(tmp_path):
     results = []
     for stand_in in (None, overwriting):

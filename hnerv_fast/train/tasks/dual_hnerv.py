@@ -179,7 +179,9 @@ class DualHNeRVTask(Task):
         """Per-patch (psnr, clip similarity) and the RGB prediction for sample ids, in eval batches of one
         fixed size (the last one padded with repeated ids), so a compiled eval sees one static shape."""
         self.model.eval()
-        size = max(self.cfg.train.batch_size, 64)
+        # at most the largest split: a batch_size beyond the data (training caps it) must not pad every
+        # eval call to that size (100000 patches of 160x80 take 15 GB)
+        size = min(max(self.cfg.train.batch_size, 64), max(len(v) for v in self.split_ids.values()))
         outputs = None
         for start in range(0, len(ids), size):
             chunk = ids[start:start + size]
