@@ -74,6 +74,9 @@ def compress(checkpoint: str | Path, out: str | Path, *, bits: int = 8, per: str
         raise CompressError(f"--out {out} is a folder; give the name of the file to write")
     if out.exists() and out.resolve() == checkpoint.resolve():
         raise CompressError(f"--out {out} is the checkpoint itself; choose another file name")
+    if out.exists() and not compressed.is_compressed(out):  # e.g. the run's latest.pt: its resume state
+        raise CompressError(f"--out {out} exists and is not a compressed model; it would be overwritten "
+                            "(choose another file name, or remove it first)")
     dev = resolve_device(device, "--device")
     state = checkpoint_io.load(checkpoint, map_location="cpu")
     original = trained_dual_from_state(state, checkpoint, dev)

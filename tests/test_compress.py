@@ -215,6 +215,11 @@ def test_bad_arguments_exit_2_with_one_line(checkpoint, reports, tmp_path, capsy
     assert "already compressed" in one_error_line(capsys)
     assert compress_cli.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path)]) == 2
     assert "is a folder" in one_error_line(capsys)
+    other = tmp_path / "latest.pt"  # another checkpoint of the run: not overwritten
+    other.write_bytes(Path(checkpoint).read_bytes())
+    assert compress_cli.main(["--checkpoint", str(checkpoint), "--out", str(other)]) == 2
+    assert "is not a compressed model" in one_error_line(capsys)
+    assert other.read_bytes() == Path(checkpoint).read_bytes()
     assert compress_cli.main(["--checkpoint", str(tmp_path / "missing.pt"), "--out", out]) == 2
     assert "checkpoint not found" in one_error_line(capsys)
     cascade = tmp_path / "stage_32_final.pt"
