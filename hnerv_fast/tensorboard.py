@@ -164,12 +164,19 @@ def wait_for_data(url: str, predicate=None, path: str = "data/plugin/scalars/tag
         time.sleep(0.25)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hnerv_fast.tensorboard", description=__doc__.split("\n\n")[0])
     parser.add_argument("--logdir", default="output", help="directory holding runs (default: output)")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: a free port)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for TensorBoard to answer")
     args = parser.parse_args(argv)
+    # `kill` (SIGTERM) stops us the way Ctrl-C does: through the `finally` that stops TensorBoard, which
+    # runs in its own session and would otherwise outlive us
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         process, url = start_tensorboard(args.logdir, args.port, timeout=args.timeout, echo=True)
     except TensorBoardError as exc:

@@ -91,7 +91,8 @@ def test_missing_logdir_fails_fast(tmp_path):
         start_tensorboard(tmp_path / "missing")  # raised before any process starts
 
 
-def test_cli_prints_url_and_stops_on_ctrl_c(logdir):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "kill"])
+def test_cli_prints_url_and_stops_with_its_server(logdir, stop):
     process = subprocess.Popen([sys.executable, "-m", "hnerv_fast.tensorboard", "--logdir", str(logdir)],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                start_new_session=True)
@@ -100,7 +101,7 @@ def test_cli_prints_url_and_stops_on_ctrl_c(logdir):
         assert "http://127.0.0.1:" in line, line
         url = line[line.index("http://"):].split()[0]
         assert _http_ok(url + "data/environment")
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         assert process.wait(30) == 0
         assert not _http_ok(url + "data/environment", timeout=1)  # its TensorBoard child is gone too
     finally:
