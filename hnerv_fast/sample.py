@@ -104,11 +104,18 @@ def load_xrays(paths: list[str], views: tuple[str, ...], size: int) -> torch.Ten
                 raise SampleError(f"--xray {paths[0]} holds {arr.shape[0]} view(s) but the model takes "
                                   f"{len(views)} {list(views)}")
             images = [torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in arr]
-            return torch.stack([resize_image(img, size) for img in images])[None]
+            return _finite(torch.stack([resize_image(img, size) for img in images])[None], paths)
     if len(paths) != len(views):
         raise SampleError(f"got {len(paths)} --xray file(s) but the model takes {len(views)} view(s) "
                           f"{list(views)} (one file per view, in that order)")
-    return torch.stack([resize_image(torch.from_numpy(load_xray(p)), size) for p in paths])[None]
+    return _finite(torch.stack([resize_image(torch.from_numpy(load_xray(p)), size) for p in paths])[None], paths)
+
+
+def _finite(images: torch.Tensor, paths: list[str]) -> torch.Tensor:
+    """A NaN or inf pixel would turn the whole sampled volume into NaN: refuse it here, by name."""
+    if not bool(torch.isfinite(images).all()):
+        raise SampleError(f"--xray {' '.join(paths)}: the X-ray holds NaN or infinite values")
+    return images
 
 
 def load_reference(path: str | Path) -> np.ndarray:
@@ -176,7 +183,8 @@ def sample(checkpoint: str | Path, xrays: list[str], out: str | Path, steps: int
     images = load_xrays(list(xrays), last.views, last.xray_size).to(dev)
     schedule = CosineSchedule(int(diffusion.get("timesteps", 1000)), device=dev)
     generator = torch.Generator(device=dev).manual_seed(seed)
-    steps = steps or int(diffusion.get("ddim_steps", 20))
+    # what runs: DDIM takes at most one step per diffusion timestep
+    steps = min(steps or int(diffusion.get("ddim_steps", 20)), schedule.num_steps)
     volumes = sample_cascade(models, schedule, images, steps=steps, generator=generator)
     volume = volumes[-1][0, 0].float().cpu().numpy()
     write_bytes_atomic(volume_bytes(volume, kind), out)

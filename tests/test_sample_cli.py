@@ -83,7 +83,7 @@ def test_same_seed_same_volume(trained):
     np.testing.assert_array_equal(np.load(a), np.load(b))
 
 
-@pytest.mark.parametrize("case", ["views", "extension", "earlier_stage", "checkpoint"])
+@pytest.mark.parametrize("case", ["views", "extension", "earlier_stage", "checkpoint", "nan_xray"])
 def test_bad_input_is_one_line_exit_2(trained, tmp_path, capsys, case):
     out, tmp = trained
     ckpt, xrays, dest, pattern = out / "stage_32_final.pt", [str(tmp / "xrays.npy")], tmp_path / "v.npy", ""
@@ -96,6 +96,11 @@ def test_bad_input_is_one_line_exit_2(trained, tmp_path, capsys, case):
         alone.mkdir()
         shutil.copy(ckpt, alone / ckpt.name)
         ckpt, pattern = alone / ckpt.name, "stage_16_final.pt"
+    elif case == "nan_xray":
+        bad = np.load(tmp / "xrays.npy")
+        bad[0, 3, 4] = np.nan
+        np.save(tmp_path / "nan.npy", bad)
+        xrays, pattern = [str(tmp_path / "nan.npy")], "NaN or infinite"
     else:
         ckpt, pattern = tmp_path / "missing.pt", "checkpoint not found"
     args = ["--checkpoint", str(ckpt), "--out", str(dest), "--steps", "2"]
