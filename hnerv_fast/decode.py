@@ -140,6 +140,17 @@ def frame_name(t: Fraction) -> str:
     return f"frame_{sign}{int(whole):05d}.{decimals.ljust(2, '0')}.png"
 
 
+def check_distinct_names(times: list[Fraction]) -> None:
+    """Two times with one PNG name would leave one file for two frames (names keep six decimals)."""
+    seen: dict[str, Fraction] = {}
+    for t in times:
+        name = frame_name(t)
+        if name in seen:
+            raise DecodeError(f"frame times {float(seen[name])!r} and {float(t)!r} would both be written as "
+                              f"{name} (PNG names keep six decimals); give distinct times")
+        seen[name] = t
+
+
 # --------------------------------------------------------------------------------------------------------
 # outputs
 # --------------------------------------------------------------------------------------------------------
@@ -237,6 +248,8 @@ def decode(checkpoint: str | Path, out: str | Path, *, frames: str | None = None
     else:
         chosen = (frame_range or FrameRange.parse(":")).times(trained.num_frames)
     check_extent(chosen, offset, trained.num_frames, extrapolate)
+    if kind == "png":
+        check_distinct_names(chosen)
 
     height, width = trained.height, trained.width
     sink = Mp4Writer(out, height, width, fps, crf) if kind == "mp4" else PngFolder(out)

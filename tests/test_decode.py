@@ -164,6 +164,8 @@ def test_frame_names_show_fractional_times():
     (["--shift", "0.6,0"], "add --extrapolate"),
     (["--shift", "0.5"], "expected DY,DX"),
     (["--fps", "0"], "--fps must be a number > 0"),
+    (["--times", "1,2,1"], "frame times 1.0 and 1.0 would both be written as frame_00001.png"),
+    (["--times", "1.0000001,1.0000002"], "would both be written as frame_00001.00.png"),
 ])
 def test_bad_arguments_exit_2_with_one_line(tiny_dual_run, tmp_path, capsys, args, message):
     _, run_folder, _ = tiny_dual_run
