@@ -32,9 +32,10 @@ $(VENV)/.installed-cuda: $(VENV)/.torch $(EXT_SOURCES)
 install: $(VENV)/.installed
 install-cuda: $(VENV)/.installed-cuda
 
+# A demo may run again: it replaces its own earlier checkpoints (a training run otherwise refuses to).
 demo: install
-	$(PY) -m hnerv_fast.train --config configs/dual_hnerv_tiny.yaml
-	$(PY) -m hnerv_fast.train --config configs/cascade_tiny.yaml
+	$(PY) -m hnerv_fast.train --config configs/dual_hnerv_tiny.yaml output.overwrite=true
+	$(PY) -m hnerv_fast.train --config configs/cascade_tiny.yaml output.overwrite=true
 
 # Headless Chromium for the dashboard screenshot test (Debian package; the test skips without it).
 browser:

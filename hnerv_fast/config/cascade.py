@@ -146,6 +146,9 @@ class WandbConfig:
 class CascadeOutputConfig:
     checkpoint_dir: str = "checkpoints"  # {stage}_best/_epoch_{N}/_final.pt; logs in tensorboard/<run_name>/
     run_name: Optional[str] = None  # null = cascade-<YYYYmmdd-HHMMSS> (on resume: the checkpoint's run name)
+    # a fresh run (no --resume) refuses a checkpoint_dir that already holds {stage}_*.pt of a stage it
+    # trains, unless true
+    overwrite: bool = False
 
 
 @dataclass

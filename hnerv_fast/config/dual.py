@@ -167,6 +167,8 @@ class DualOutputConfig:
     output_dir: str = "output/patch_dual"
     exp_id: str = "default"
     param_str: Optional[str] = None  # null = built from the main hyper-parameters
+    # a fresh run (no --resume) refuses a run folder that already holds latest.pt / best.pt, unless true
+    overwrite: bool = False
 
 
 @dataclass

@@ -5,12 +5,46 @@ stray `*.tmp` (removed on the next save), never a truncated `.pt`.
 """
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
 from hnerv_fast.atomic import save_atomic  # noqa: F401  (re-exported: the checkpoint writer)
 from hnerv_fast.checkpoint_io import CheckpointError, load  # noqa: F401  (re-exported: the checkpoint reader)
+from hnerv_fast.errors import UserError
+from hnerv_fast.train import distributed
+
+
+class RunExistsError(UserError, FileExistsError):
+    """A fresh run (no --resume) whose checkpoint folder already holds that trainer's checkpoints: training
+    would overwrite them (``output.overwrite=true`` allows it)."""
+
+
+def refuse_overwrite(folder: Path, find: Callable[[], list[Path]], elsewhere: str) -> None:
+    """RunExistsError when ``find()`` (the checkpoints in `folder` this run would rewrite, newest first) finds
+    any; `elsewhere` names the config keys that pick another folder. Rank 0 (the one that writes them)
+    looks; every rank gets its answer, so all ranks fail together."""
+    message = None
+    if distributed.is_main():
+        found = find()
+        if found:
+            epoch = saved_epoch(found[0])
+            what = found[0].name if epoch is None else f"{found[0].name}, epoch {epoch}"
+            what += f", and {len(found) - 1} more" if len(found) > 1 else ""
+            message = (f"{folder} already holds checkpoints ({what}): continue it with --resume, or pick another "
+                       f"output folder ({elsewhere}) / set output.overwrite=true")
+    message = distributed.broadcast_object(message)
+    if message is not None:
+        raise RunExistsError(message)
+
+
+def saved_epoch(path: Path) -> int | None:
+    """The epoch a checkpoint was saved at (memory-mapped: the weights are not read); None if unreadable."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception:  # only decorates the message: a broken file still counts as a checkpoint
+        return None
 
 
 def rng_state() -> dict[str, Any]:

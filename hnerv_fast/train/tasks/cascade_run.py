@@ -10,6 +10,12 @@ logs in ``tensorboard/<run_name>/`` (run_name: ``output.run_name``, else ``casca
 a resumed run keeps the checkpoint's run name, so its curves continue in the same folder).
 Under torchrun every rank trains (and evaluates) each stage; rank 0 alone prints, logs (TensorBoard,
 W&B) and writes checkpoints; all ranks read the resume checkpoint and earlier stages' weights.
+
+The checkpoint names carry no run name (the timestamp only names the TensorBoard folder): the same command
+always writes into the same files. A fresh run (no ``--resume``) therefore refuses a ``checkpoint_dir``
+that already holds ``{stage}_*.pt`` of a stage it is about to train (``checkpoint.RunExistsError``, exit code 2)
+unless ``output.overwrite=true``. Earlier stages' checkpoints are fine there: a run of
+``train.stages=[stage_32]`` reads ``stage_16_final.pt`` from that folder for its conditioning.
 """
 from __future__ import annotations
 
@@ -44,6 +50,8 @@ def build(cfg: CascadeConfig, device: torch.device, resume: str | None) -> RunPl
         plan = plan[plan.index(stage):]
         if cfg.output.run_name is None:
             cfg = _with_run_name(cfg, state.get("config", {}).get("output", {}).get("run_name"))
+    elif not cfg.output.overwrite:
+        refuse_overwrite(out, plan)
     if cfg.output.run_name is None:  # rank 0's clock names the run on every rank
         cfg = _with_run_name(cfg, distributed.broadcast_object(time.strftime("cascade-%Y%m%d-%H%M%S")))
     logdir = out / "tensorboard" / cfg.output.run_name
@@ -95,8 +103,9 @@ def _with_run_name(cfg: CascadeConfig, name: str | None) -> CascadeConfig:
     return dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, run_name=name))
 
 
-def latest_checkpoint(folder: Path, order: list[str]) -> Path:
-    """``--resume`` without a path: the newest ``{stage}_{best,epoch_N,final}.pt`` of this cascade."""
+def stage_checkpoints(folder: Path, order: list[str]) -> list[tuple[tuple[int, int, int], Path]]:
+    """Every ``{stage}_{best,epoch_N,final}.pt`` of the stages `order` in `folder`, each with its sort key
+    (mtime, stage index, epoch: the largest is the newest)."""
     found = []
     for k, name in enumerate(order):
         for p in folder.glob(f"{name}_*.pt"):
@@ -104,6 +113,20 @@ def latest_checkpoint(folder: Path, order: list[str]) -> Path:
             if rest in ("best", "final") or (rest.startswith("epoch_") and rest[6:].isdigit()):
                 epoch = int(rest[6:]) if rest.startswith("epoch_") else (1 << 30 if rest == "final" else -1)
                 found.append(((p.stat().st_mtime_ns, k, epoch), p))
+    return found
+
+
+def latest_checkpoint(folder: Path, order: list[str]) -> Path:
+    """``--resume`` without a path: the newest ``{stage}_{best,epoch_N,final}.pt`` of this cascade."""
+    found = stage_checkpoints(folder, order)
     if not found:
         raise ckpt.CheckpointError(f"checkpoint not found: no {{stage}}_*.pt of stages {order} in {folder}")
     return max(found)[1]
+
+
+def refuse_overwrite(folder: Path, stages: list[str]) -> None:
+    """RunExistsError when `folder` holds checkpoints of the `stages` this run would train (and so rewrite)."""
+    def newest_first() -> list[Path]:
+        return [p for _, p in sorted(stage_checkpoints(folder, stages), reverse=True)] if folder.is_dir() else []
+
+    ckpt.refuse_overwrite(folder, newest_first, "output.checkpoint_dir")

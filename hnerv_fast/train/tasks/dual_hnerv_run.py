@@ -1,5 +1,13 @@
-"""The dual-head HNeRV trainer's builder (registry entry `dual_hnerv`): one task, one Engine."""
+"""The dual-head HNeRV trainer's builder (registry entry `dual_hnerv`): one task, one Engine.
+
+The run folder (``output.output_dir/exp_id/param_str``) has no timestamp: the same command always
+writes into the same folder. A fresh run (no ``--resume``) therefore refuses a folder that already holds
+``latest.pt`` / ``best.pt`` (``checkpoint.RunExistsError``, exit code 2) unless ``output.overwrite=true``; the check
+comes before the CLIP targets are computed and before anything is written.
+"""
 from __future__ import annotations
+
+from pathlib import Path
 
 from hnerv_fast.config import DualHNeRVConfig
 from hnerv_fast.logging.layouts import dual_layout
@@ -8,12 +16,16 @@ from hnerv_fast.train.engine import Engine
 from hnerv_fast.train.plan import RunPlan
 from hnerv_fast.train.tasks.dual_hnerv import DualHNeRVTask, run_dir
 
+CHECKPOINTS = ("latest.pt", "best.pt")  # what DualHNeRVTask.checkpoint_names writes, newest first
+
 
 def build(cfg: DualHNeRVConfig, device, resume: str | None) -> RunPlan:
     out = run_dir(cfg)
     state = None
     if resume is not None:
         state = ckpt.load(out / "latest.pt" if resume == "latest" else resume, map_location=device)
+    elif not cfg.output.overwrite:
+        refuse_overwrite(out)
 
     def fits(writer):
         task = DualHNeRVTask(cfg, device, writer)  # loads data + CLIP targets
@@ -24,3 +36,9 @@ def build(cfg: DualHNeRVConfig, device, resume: str | None) -> RunPlan:
 
     return RunPlan(cfg=cfg, checkpoint_dir=out, logdir=out / "tensorboard", config_dir=out, layout=dual_layout(),
                    fits=fits)
+
+
+def refuse_overwrite(out: Path) -> None:
+    """RunExistsError when the run folder `out` holds this trainer's checkpoints."""
+    ckpt.refuse_overwrite(out, lambda: [out / name for name in CHECKPOINTS if (out / name).is_file()],
+                          "output.output_dir / exp_id / param_str")
