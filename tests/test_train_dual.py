@@ -229,6 +229,28 @@ def test_missing_resume_checkpoint(tmp_path, clip_cache, capsys):
     _assert_clean_failure(code, capsys, "checkpoint not found", tmp_path / "out")
 
 
+@pytest.mark.parametrize("change, pattern", [
+    ("data.num_frames=20", "data.num_frames was 40, now 20"),
+    ("model.fc_dim=32", "model.fc_dim was"),
+])
+def test_resume_with_another_model_or_data_is_refused(tiny_dual_run, tmp_path, clip_cache, capsys, change, pattern):
+    """A resumed run trains the same model on the same frames: checked before the CLIP targets, one line."""
+    latest = tiny_dual_run[1] / "latest.pt"
+    code = run_from_args(TINY, overrides(tmp_path, tmp_path / "fresh_clip", change), str(latest))
+    _assert_clean_failure(code, capsys, f"cannot resume from {latest}: {pattern}", tmp_path / "out")
+    assert not (tmp_path / "fresh_clip").exists()
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_is_one_error(tmp_path, clip_cache):
+    from tests.hot_loop import dual_engine
+
+    _, engine = dual_engine(tmp_path, torch.device("cpu"))
+    state = engine.state(1)
+    state["model_state_dict"] = {k: v[..., :1] for k, v in state["model_state_dict"].items()}  # wrong shapes
+    with pytest.raises(ckpt.CheckpointError, match=r"cannot resume from x\.pt \(does the config still match"):
+        engine.resume(state, "from x.pt")
+
+
 def test_run_dir_layout(tmp_path, clip_cache):
     cfg = load_config(TINY, overrides(tmp_path, clip_cache))
     assert run_dir(cfg).relative_to(tmp_path / "out").parts[0] == "tiny"

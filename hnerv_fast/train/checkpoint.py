@@ -59,3 +59,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def check_same_run(saved: dict[str, Any], current: dict[str, Any], sections: dict[str, tuple[str, ...]],
+                   source: Path) -> None:
+    """CheckpointError when the checkpoint's config (`saved`) differs from this run's (`current`) in a key of
+    `sections` ({section: keys that may differ}): a resumed run must train the same model on the same data.
+    The keys left out (e.g. a data path) may change; so may everything outside `sections` (epochs, lr...)."""
+    changed = []
+    for section, free in sections.items():
+        before, now = saved.get(section, {}), current.get(section, {})
+        for key in sorted(set(before) | set(now)):
+            if key not in free and before.get(key) != now.get(key):
+                changed.append(f"{section}.{key} was {before.get(key)!r}, now {now.get(key)!r}")
+    if changed:
+        more = f" (and {len(changed) - 2} more)" if len(changed) > 2 else ""
+        raise CheckpointError(f"cannot resume from {source}: {'; '.join(changed[:2])}{more}; resume with the "
+                              f"run's settings, or start a new run")
+

@@ -429,10 +429,15 @@ class Engine:
         for name in names:
             ckpt.save_atomic(state, self.checkpoint_dir / name)
 
-    def resume(self, state: dict[str, Any]) -> None:
-        """Continue after the checkpoint's epoch, exactly where an uninterrupted run would be."""
-        self.task.model.load_state_dict(state["model_state_dict"])
-        self.optimizer.load_state_dict(state["optimizer_state_dict"])
+    def resume(self, state: dict[str, Any], source: str) -> None:
+        """Continue after the checkpoint's epoch, exactly where an uninterrupted run would be (`source`: what
+        the error names when the checkpoint does not fit this model)."""
+        try:
+            self.task.model.load_state_dict(state["model_state_dict"])
+            self.optimizer.load_state_dict(state["optimizer_state_dict"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise ckpt.CheckpointError(f"cannot resume {source} (does the config still match the checkpoint?): "
+                                       f"{str(exc).strip().splitlines()[0]}") from exc
         for group in self.optimizer.param_groups:  # keep our device-resident lr tensor the live one
             self.lr.copy_(group["lr"])
             group["lr"] = self.lr

@@ -48,6 +48,9 @@ def build(cfg: CascadeConfig, device: torch.device, resume: str | None) -> RunPl
             raise ConfigError(f"--resume: {path} is a checkpoint of stage {stage!r}, which is not among the "
                               f"stages to train {plan} (train.stages)")
         plan = plan[plan.index(stage):]
+        # the same phantoms / CT cases and stage models (the CT folder may have moved)
+        ckpt.check_same_run(state.get("config", {}), to_dict(cfg),
+                            {"data": ("root",), "stages": (), "diffusion": ("ddim_steps", "physics_weight", "physics_at")}, path)
         if cfg.output.run_name is None:
             cfg = _with_run_name(cfg, state.get("config", {}).get("output", {}).get("run_name"))
     elif not cfg.output.overwrite:
@@ -68,7 +71,7 @@ def build(cfg: CascadeConfig, device: torch.device, resume: str | None) -> RunPl
             engine = Engine(task, cfg.stage_train(name), device, checkpoint_dir=out)
             if i == 0:
                 if state is not None:
-                    _resume(engine, state, name, resume)
+                    engine.resume(state, f"{name} from {resume}")
                 say(f"cascade {order}: training {plan} on {device} ({len(data.train_rows)} train / "
                     f"{len(data.val_rows)} val cases, conditioning={cfg.train.conditioning}"
                     + (f", {distributed.world_size()} processes" if distributed.enabled() else "") + ")")
@@ -89,14 +92,6 @@ def build(cfg: CascadeConfig, device: torch.device, resume: str | None) -> RunPl
     return RunPlan(cfg=cfg, checkpoint_dir=out, logdir=logdir, config_dir=logdir,
                    layout=cascade_layout(cfg.stages_to_train()), fits=fits, mirrors=mirrors,
                    view_dir=out / "tensorboard")
-
-
-def _resume(engine: Engine, state: dict, stage: str, resume: str) -> None:
-    try:
-        engine.resume(state)
-    except (RuntimeError, KeyError, ValueError) as exc:
-        raise ckpt.CheckpointError(f"cannot resume {stage} from {resume} (does the config still match "
-                                   f"the checkpoint?): {str(exc).splitlines()[0]}") from exc
 
 
 def _with_run_name(cfg: CascadeConfig, name: str | None) -> CascadeConfig:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hnerv_fast.config import DualHNeRVConfig
+from hnerv_fast.config import DualHNeRVConfig, to_dict
 from hnerv_fast.logging.layouts import dual_layout
 from hnerv_fast.train import checkpoint as ckpt
 from hnerv_fast.train.engine import Engine
@@ -23,7 +23,10 @@ def build(cfg: DualHNeRVConfig, device, resume: str | None) -> RunPlan:
     out = run_dir(cfg)
     state = None
     if resume is not None:
-        state = ckpt.load(out / "latest.pt" if resume == "latest" else resume, map_location=device)
+        path = out / "latest.pt" if resume == "latest" else Path(resume)
+        state = ckpt.load(path, map_location=device)
+        # before the CLIP targets: the same model on the same frames (the video file may have moved)
+        ckpt.check_same_run(state.get("config", {}), to_dict(cfg), {"model": (), "data": ("path",)}, path)
     elif not cfg.output.overwrite:
         refuse_overwrite(out)
 
@@ -31,7 +34,7 @@ def build(cfg: DualHNeRVConfig, device, resume: str | None) -> RunPlan:
         task = DualHNeRVTask(cfg, device, writer)  # loads data + CLIP targets
         engine = Engine(task, cfg.train, device, checkpoint_dir=out)
         if state is not None:
-            engine.resume(state)
+            engine.resume(state, f"from {path}")
         yield engine
 
     return RunPlan(cfg=cfg, checkpoint_dir=out, logdir=out / "tensorboard", config_dir=out, layout=dual_layout(),
