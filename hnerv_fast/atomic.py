@@ -1,4 +1,6 @@
-"""Crash-safe file writes shared by checkpoints and caches (a leaf module: imports nothing of ours)."""
+"""Crash-safe file writes shared by checkpoints and caches (a leaf module: imports only hnerv_fast.errors).
+
+A path that cannot be written raises OutputError (a UserError): the CLIs report it as one line."""
 from __future__ import annotations
 
 import os
@@ -8,24 +10,35 @@ from typing import Any, BinaryIO, Callable
 
 import torch
 
+from hnerv_fast.errors import writing
+
+
+def ensure_parent(path: str | Path) -> Path:
+    """Create `path`'s folder (OutputError when a file or a permission is in the way). Code with costly work
+    before its write calls this first, so a bad output path fails before that work."""
+    path = Path(path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(handle)`` on a temp file in the same folder, fsync, then rename over `path`.
 
     A crash mid-write leaves the previous file (or none), never a truncated one; the temp file is
     removed on failure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    path = ensure_parent(path)
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
 
 

@@ -94,3 +94,15 @@ def test_config_imports_no_torch_and_no_train_models_logging():
     loaded = modules_loaded_by("hnerv_fast.config")
     bad = within(loaded, "torch", "hnerv_fast.train", "hnerv_fast.logging", "hnerv_fast.models", "hnerv_fast.data")
     assert not bad, bad
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"- train\n- model\n", "must be a YAML mapping of sections"),
+    (b"just a string\n", "must be a YAML mapping of sections"),
+    (b"\x80\x81\xfe\xff binary", "is not a text YAML file"),
+])
+def test_config_file_that_is_not_a_mapping(tmp_path, content, message):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)

@@ -22,7 +22,15 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        file_cfg = OmegaConf.create(_yaml_load(path.read_text(), str(path)) or {})
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not a text YAML file (not UTF-8)") from None
+        data = _yaml_load(text, str(path)) or {}
+        if not isinstance(data, dict):  # OmegaConf would build a list config and fail on its first key
+            raise ConfigError(f"config file {path} must be a YAML mapping of sections (e.g. `train:` with "
+                              f"`epochs: 20` indented under it), not a {type(data).__name__}")
+        file_cfg = OmegaConf.create(data)
     cli_cfg = OmegaConf.create()
     for item in overrides:
         key, sep, value = item.partition("=")

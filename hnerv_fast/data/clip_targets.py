@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from hnerv_fast import precision
-from hnerv_fast.atomic import save_atomic
+from hnerv_fast.atomic import ensure_parent, save_atomic
 from hnerv_fast.config.dual import ClipConfig
 from hnerv_fast.errors import UserError
 
@@ -325,6 +325,7 @@ def clip_patch_targets(
         if cached is not None:
             return cached
 
+    ensure_parent(path)  # an unusable cache folder fails now, not after the embedding
     model, mean, std, image_size = load_clip_image_encoder(model_name, pretrained, device)
     dev = torch.device(device)
     mean_t = torch.tensor(mean, dtype=torch.float32, device=dev).view(1, 3, 1, 1)

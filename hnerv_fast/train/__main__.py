@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from hnerv_fast.config import ConfigError
+from hnerv_fast.errors import report
+from hnerv_fast.train import distributed
 from hnerv_fast.train.trainer import run_from_args
 
 
@@ -14,7 +18,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="continue from a checkpoint: a path, or no value for the run's latest checkpoint")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=20")
     args = parser.parse_args(argv)
-    return run_from_args(args.config, args.overrides, args.resume)
+    # `--resume a.b=1` takes the override as its value. Not read as override + bare --resume: a checkpoint
+    # path may contain '=' too, and a path that does not exist would then turn into a confusing config error.
+    if args.resume is not None and "=" in args.resume and not Path(args.resume).exists():
+        return report(ConfigError(f"--resume {args.resume}: no such checkpoint, and it looks like an override; "
+                                  f"put --resume after the overrides, or give it a checkpoint path"))
+    try:
+        return run_from_args(args.config, args.overrides, args.resume)
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, not a traceback
+        if distributed.is_main():
+            print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports a process killed by Ctrl-C
 
 
 if __name__ == "__main__":

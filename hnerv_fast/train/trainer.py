@@ -3,21 +3,26 @@ config.yaml, the writer (or a NullWriter off rank 0) with its mirrors, and the f
 
 Under torchrun (WORLD_SIZE > 1) the run happens inside a process group (train/distributed.py); bad input
 (`UserError`) is reported by rank 0 only, as one line, and every rank exits with code 2; a run stopped by
-`train.max_bad_steps` non-finite steps in a row exits with code 3."""
+`train.max_bad_steps` non-finite steps in a row exits with code 3. Ctrl-C during a run raises `Interrupted`,
+which names the checkpoint folder (the CLI prints it as one line and exits with code 130)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from hnerv_fast import host_memory
+from hnerv_fast.atomic import write_bytes_atomic
 from hnerv_fast.config import load_config, to_yaml
-from hnerv_fast.errors import UserError
+from hnerv_fast.errors import UserError, report
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
 from hnerv_fast.logging.null_writer import NullWriter
 from hnerv_fast.ops import set_backend
 from hnerv_fast.train import distributed
 from hnerv_fast.train.engine import TrainingDiverged, pick_device, seed_everything
 from hnerv_fast.train.registry import BUILDERS
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says where the checkpoints written so far are."""
 
 
 def run(cfg, resume: str | None = None) -> Path:
@@ -44,6 +49,9 @@ def run(cfg, resume: str | None = None) -> Path:
                 while engine is not None:
                     engine.fit()
                     engine = next(fits, None)
+        except KeyboardInterrupt:  # the writer has drained (its __exit__) by now
+            raise Interrupted(f"checkpoints written so far are in {plan.checkpoint_dir}; "
+                              f"continue with --resume") from None
         finally:
             for mirror in mirrors:  # after the writer drained into them
                 mirror.close()
@@ -59,16 +67,11 @@ def run_from_args(config: str, overrides: list[str], resume: str | None) -> int:
             run(load_config(config, overrides), resume)
     except (UserError, TrainingDiverged) as exc:
         where = "" if distributed.is_main() else f" (rank {distributed.rank()})"
-        print(f"error{where}: {exc}", file=sys.stderr)
+        report(exc, where)  # the first line: e.g. torch's unpickling errors run to several
         return 3 if isinstance(exc, TrainingDiverged) else 2
     return 0
 
 
 def write_config(cfg, folder: Path) -> Path:
     """The resolved config next to the logs (checkpoints carry it too)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "config.yaml"
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(to_yaml(cfg))
-    tmp.replace(path)
-    return path
+    return write_bytes_atomic(to_yaml(cfg).encode(), folder / "config.yaml")
