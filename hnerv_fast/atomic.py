@@ -13,6 +13,12 @@ import torch
 from hnerv_fast.errors import writing
 
 
+# mkstemp creates 0600 files; the written file gets the mode a plain open() would give (0666 less the umask).
+# Read once, at import: os.umask can only be read by setting it, which is not thread-safe later on.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def ensure_parent(path: str | Path) -> Path:
     """Create `path`'s folder (OutputError when a file or a permission is in the way). Code with costly work
     before its write calls this first, so a bad output path fails before that work."""
@@ -31,6 +37,7 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     with writing(path):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.fchmod(fd, 0o666 & ~_UMASK)
             with os.fdopen(fd, "wb") as handle:
                 write(handle)
                 handle.flush()

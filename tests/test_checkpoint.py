@@ -1,5 +1,9 @@
+import stat
+
 import pytest
 import torch
+
+from hnerv_fast import atomic
 
 from hnerv_fast.train import checkpoint as ckpt
 
@@ -45,3 +49,11 @@ def test_rng_state_restores_from_a_checkpoint_loaded_onto_cuda(tmp_path):
     assert state["torch"].is_cuda
     ckpt.set_rng_state(state)
     assert torch.equal(torch.rand(4), want[0]) and torch.equal(torch.rand(4, device="cuda"), want[1])
+
+
+def test_written_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    """A checkpoint is as readable as any other output (config.yaml, PNGs): 0666 less the umask."""
+    path = ckpt.save_atomic({"a": torch.ones(1)}, tmp_path / "c.pt")
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~atomic._UMASK
