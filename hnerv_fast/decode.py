@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from hnerv_fast.device import resolve_device
-from hnerv_fast.errors import UserError, report
+from hnerv_fast.errors import UserError, report, writing
 from hnerv_fast.inference.cli import model_command_parser
 
 VIDEO_SUFFIXES = (".mkv", ".avi", ".mov", ".webm", ".gif")  # recognised, but only .mp4 is written
@@ -163,7 +163,8 @@ class PngFolder:
     def __init__(self, folder: Path):
         if folder.exists() and not folder.is_dir():
             raise DecodeError(f"--out {folder} is a file; give a folder for PNG frames or a .mp4 name")
-        folder.mkdir(parents=True, exist_ok=True)
+        with writing(folder):  # a file in the way: one line, before any frame is rendered
+            folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
 
     def write(self, times: list[Fraction], images: np.ndarray) -> None:
@@ -187,9 +188,10 @@ class Mp4Writer:
 
         self.path = path
         self.pad = (height % 2, width % 2)  # yuv420p halves both sides for chroma
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = path.with_name(f".{path.name}.partial")
-        self.container = av.open(str(self.tmp), mode="w", format="mp4")
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.container = av.open(str(self.tmp), mode="w", format="mp4")
         self.stream = self.container.add_stream("libx264", rate=Fraction(str(fps)).limit_denominator(1001))
         self.stream.height, self.stream.width = height + self.pad[0], width + self.pad[1]
         self.stream.pix_fmt = "yuv420p"

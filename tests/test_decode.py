@@ -185,6 +185,10 @@ def test_bad_checkpoints_and_outputs_exit_2_with_one_line(tiny_dual_run, tmp_pat
     assert "'cascade' checkpoint, not a dual_hnerv one" in one_error_line(capsys)
     assert main(["--checkpoint", str(run_folder / "latest.pt"), "--out", str(tmp_path / "x.mkv")]) == 2
     assert "only .mp4" in one_error_line(capsys)
+    (tmp_path / "afile").write_text("")  # a file where a folder should be
+    for out in ("afile/frames", "afile/v.mp4"):
+        assert main(["--checkpoint", str(run_folder / "latest.pt"), "--out", str(tmp_path / out)]) == 2, out
+        assert f"cannot write {tmp_path / out}" in one_error_line(capsys)
 
 
 def test_cli_help_and_error_through_python_dash_m(tmp_path):

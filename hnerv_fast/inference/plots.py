@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from hnerv_fast.errors import writing
+
 SPLIT_COLOURS = {"train": (31, 119, 180), "val": (255, 127, 14), "-": (127, 127, 127)}
 _AXIS = (60, 60, 60)
 _GRID = (225, 225, 225)
@@ -108,6 +110,7 @@ def tile_origin(k: int, tile_hw: tuple[int, int], columns: int) -> tuple[int, in
 
 def _save(image: Image.Image, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
     return path
