@@ -10,7 +10,7 @@ from typing import Any, BinaryIO, Callable
 
 import torch
 
-from hnerv_fast.errors import writing
+from hnerv_fast.errors import OutputError, writing
 
 
 # mkstemp creates 0600 files; the written file gets the mode a plain open() would give (0666 less the umask).
@@ -26,6 +26,17 @@ def ensure_parent(path: str | Path) -> Path:
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def check_creatable(folder: str | Path) -> None:
+    """OutputError now when `folder` could not be created or written later (a file in the way, no
+    permission). Creates nothing: a run that then fails on other bad input leaves no trace."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputError(f"cannot write {folder}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {folder}: no permission to write in {existing}")
 
 
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:

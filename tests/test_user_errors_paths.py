@@ -50,15 +50,18 @@ def train(tmp_path, clip_cache, *extra: str, resume: list[str] = ()) -> int:
                  "train.progress=false", "train.epochs=1", "loss.pixel_loss_warmup_epochs=0", *extra, *resume])
 
 
-def test_output_dir_is_a_file(tmp_path, clip_cache, a_file, capsys):
-    assert train(tmp_path, clip_cache, f"output.output_dir={a_file}") == 2
+def no_encoder(*args, **kwargs):
+    raise AssertionError("the CLIP encoder ran before the output folders were checked")
+
+
+def test_output_dir_is_a_file_fails_before_embedding(tmp_path, a_file, capsys, monkeypatch):
+    monkeypatch.setattr(clip_targets, "load_clip_image_encoder", no_encoder)
+    assert train(tmp_path, tmp_path / "fresh_clip", f"output.output_dir={a_file}") == 2
     assert stderr_line(capsys).startswith(f"error: cannot write {a_file}/")
+    assert not (tmp_path / "fresh_clip").exists()
 
 
 def test_clip_cache_dir_is_a_file_fails_before_embedding(tmp_path, a_file, capsys, monkeypatch):
-    def no_encoder(*args, **kwargs):
-        raise AssertionError("the CLIP encoder ran before the cache folder was checked")
-
     monkeypatch.setattr(clip_targets, "load_clip_image_encoder", no_encoder)
     assert train(tmp_path, a_file) == 2
     assert stderr_line(capsys).startswith(f"error: cannot write {a_file}/clip_")

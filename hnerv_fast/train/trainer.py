@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from hnerv_fast import host_memory
-from hnerv_fast.atomic import write_bytes_atomic
+from hnerv_fast.atomic import check_creatable, write_bytes_atomic
 from hnerv_fast.config import load_config, to_yaml
-from hnerv_fast.errors import UserError, report
+from hnerv_fast.errors import OutputError, UserError, report
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
 from hnerv_fast.logging.null_writer import NullWriter
 from hnerv_fast.ops import set_backend
@@ -35,6 +35,7 @@ def run(cfg, resume: str | None = None) -> Path:
         set_backend(cfg.ops.backend)
         plan = BUILDERS[cfg.task](cfg, device, resume)
         main = distributed.is_main()  # rank 0 alone writes config, logs and checkpoints
+        check_output_folders(plan)
         mirrors = []
         try:
             with AsyncSummaryWriter(str(plan.logdir)) if main else NullWriter() as writer:
@@ -70,6 +71,21 @@ def run_from_args(config: str, overrides: list[str], resume: str | None) -> int:
         report(exc, where)  # the first line: e.g. torch's unpickling errors run to several
         return 3 if isinstance(exc, TrainingDiverged) else 2
     return 0
+
+
+def check_output_folders(plan) -> None:
+    """An unusable output folder fails now, not after the data and CLIP targets. Rank 0 (the one that
+    writes) looks; every rank gets its answer, so all ranks fail together instead of waiting in a collective."""
+    problem = None
+    if distributed.is_main():
+        try:
+            for folder in (plan.checkpoint_dir, plan.logdir, plan.config_dir):
+                check_creatable(folder)
+        except OutputError as exc:
+            problem = str(exc)
+    problem = distributed.broadcast_object(problem)
+    if problem is not None:
+        raise OutputError(problem)
 
 
 def write_config(cfg, folder: Path) -> Path:
