@@ -106,3 +106,15 @@ def test_config_file_that_is_not_a_mapping(tmp_path, content, message):
     path.write_bytes(content)
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+def test_config_file_that_cannot_be_read(tmp_path, monkeypatch):
+    path = tmp_path / "locked.yaml"
+    path.write_text("train:\n  epochs: 2\n")
+
+    def denied(self, *args, **kwargs):  # the tests run as root, where file modes do not stop a read
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(type(path), "read_text", denied)
+    with pytest.raises(ConfigError, match=r"locked\.yaml cannot be read: Permission denied"):
+        load_config(path)

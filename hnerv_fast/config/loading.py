@@ -26,6 +26,8 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             text = path.read_text()
         except UnicodeDecodeError:
             raise ConfigError(f"config file {path} is not a text YAML file (not UTF-8)") from None
+        except OSError as exc:  # e.g. no read permission
+            raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
         data = _yaml_load(text, str(path)) or {}
         if not isinstance(data, dict):  # OmegaConf would build a list config and fail on its first key
             raise ConfigError(f"config file {path} must be a YAML mapping of sections (e.g. `train:` with "
