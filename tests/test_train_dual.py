@@ -249,6 +249,10 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_one_error(tmp_path, clip_ca
     state["model_state_dict"] = {k: v[..., :1] for k, v in state["model_state_dict"].items()}  # wrong shapes
     with pytest.raises(ckpt.CheckpointError, match=r"cannot resume from x\.pt \(does the config still match"):
         engine.resume(state, "from x.pt")
+    del state["rng"]  # a checkpoint missing a part
+    state["model_state_dict"] = engine.task.model.state_dict()
+    with pytest.raises(ckpt.CheckpointError, match=r"cannot resume from x\.pt .*'rng'"):
+        engine.resume(state, "from x.pt")
 
 
 def test_run_dir_layout(tmp_path, clip_cache):

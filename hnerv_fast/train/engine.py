@@ -431,13 +431,16 @@ class Engine:
 
     def resume(self, state: dict[str, Any], source: str) -> None:
         """Continue after the checkpoint's epoch, exactly where an uninterrupted run would be (`source`: what
-        the error names when the checkpoint does not fit this model)."""
+        the error names when the checkpoint does not fit this model or lacks a part)."""
         try:
-            self.task.model.load_state_dict(state["model_state_dict"])
-            self.optimizer.load_state_dict(state["optimizer_state_dict"])
-        except (RuntimeError, KeyError, ValueError) as exc:
+            self._load(state)
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise ckpt.CheckpointError(f"cannot resume {source} (does the config still match the checkpoint?): "
                                        f"{str(exc).strip().splitlines()[0]}") from exc
+
+    def _load(self, state: dict[str, Any]) -> None:
+        self.task.model.load_state_dict(state["model_state_dict"])
+        self.optimizer.load_state_dict(state["optimizer_state_dict"])
         for group in self.optimizer.param_groups:  # keep our device-resident lr tensor the live one
             self.lr.copy_(group["lr"])
             group["lr"] = self.lr
