@@ -23,20 +23,17 @@ class RunExistsError(UserError, FileExistsError):
 
 def refuse_overwrite(folder: Path, find: Callable[[], list[Path]], elsewhere: str) -> None:
     """RunExistsError when ``find()`` (the checkpoints in `folder` this run would rewrite, newest first) finds
-    any; `elsewhere` names the config keys that pick another folder. Rank 0 (the one that writes them)
-    looks; every rank gets its answer, so all ranks fail together."""
-    message = None
-    if distributed.is_main():
+    any; `elsewhere` names the config keys that pick another folder. Rank 0 (the one that writes them) looks."""
+    def check() -> None:
         found = find()
         if found:
             epoch = saved_epoch(found[0])
             what = found[0].name if epoch is None else f"{found[0].name}, epoch {epoch}"
             what += f", and {len(found) - 1} more" if len(found) > 1 else ""
-            message = (f"{folder} already holds checkpoints ({what}): continue it with --resume, or pick another "
-                       f"output folder ({elsewhere}) / set output.overwrite=true")
-    message = distributed.broadcast_object(message)
-    if message is not None:
-        raise RunExistsError(message)
+            raise RunExistsError(f"{folder} already holds checkpoints ({what}): continue it with --resume, or "
+                                 f"pick another output folder ({elsewhere}) / set output.overwrite=true")
+
+    distributed.check_on_main(check)
 
 
 def saved_epoch(path: Path) -> int | None:
@@ -76,4 +73,3 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], sections: dic
         more = f" (and {len(changed) - 2} more)" if len(changed) > 2 else ""
         raise CheckpointError(f"cannot resume from {source}: {'; '.join(changed[:2])}{more}; resume with the "
                               f"run's settings, or start a new run")
-

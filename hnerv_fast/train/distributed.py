@@ -20,12 +20,14 @@ import datetime
 import inspect
 import os
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+from hnerv_fast.errors import UserError
 
 
 # ------------------------------------------------------------------------------------- who am I
@@ -168,3 +170,17 @@ def broadcast_object(value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def check_on_main(check: Callable[[], None]) -> None:
+    """Run `check` (which raises a UserError on bad input) on rank 0 alone, e.g. a look at the folders rank 0
+    writes; every rank raises that error, so all fail together instead of waiting in a collective."""
+    error = None
+    if is_main():
+        try:
+            check()
+        except UserError as exc:
+            error = exc
+    error = broadcast_object(error)
+    if error is not None:
+        raise error

@@ -12,7 +12,7 @@ from pathlib import Path
 from hnerv_fast import host_memory
 from hnerv_fast.atomic import check_creatable, write_bytes_atomic
 from hnerv_fast.config import load_config, to_yaml
-from hnerv_fast.errors import OutputError, UserError, report
+from hnerv_fast.errors import UserError, report
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
 from hnerv_fast.logging.null_writer import NullWriter
 from hnerv_fast.ops import set_backend
@@ -74,18 +74,12 @@ def run_from_args(config: str, overrides: list[str], resume: str | None) -> int:
 
 
 def check_output_folders(plan) -> None:
-    """An unusable output folder fails now, not after the data and CLIP targets. Rank 0 (the one that
-    writes) looks; every rank gets its answer, so all ranks fail together instead of waiting in a collective."""
-    problem = None
-    if distributed.is_main():
-        try:
-            for folder in (plan.checkpoint_dir, plan.logdir, plan.config_dir):
-                check_creatable(folder)
-        except OutputError as exc:
-            problem = str(exc)
-    problem = distributed.broadcast_object(problem)
-    if problem is not None:
-        raise OutputError(problem)
+    """An unusable output folder fails now, not after the data and CLIP targets (rank 0, which writes, looks)."""
+    def check() -> None:
+        for folder in (plan.checkpoint_dir, plan.logdir, plan.config_dir):
+            check_creatable(folder)
+
+    distributed.check_on_main(check)
 
 
 def write_config(cfg, folder: Path) -> Path:

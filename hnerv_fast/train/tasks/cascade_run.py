@@ -49,8 +49,8 @@ def build(cfg: CascadeConfig, device: torch.device, resume: str | None) -> RunPl
                               f"stages to train {plan} (train.stages)")
         plan = plan[plan.index(stage):]
         # the same phantoms / CT cases and stage models (the CT folder may have moved)
-        ckpt.check_same_run(state.get("config", {}), to_dict(cfg),
-                            {"data": ("root",), "stages": (), "diffusion": ("ddim_steps", "physics_weight", "physics_at")}, path)
+        free = {"data": ("root",), "stages": (), "diffusion": ("ddim_steps", "physics_weight", "physics_at")}
+        ckpt.check_same_run(state.get("config", {}), to_dict(cfg), free, path)
         if cfg.output.run_name is None:
             cfg = _with_run_name(cfg, state.get("config", {}).get("output", {}).get("run_name"))
     elif not cfg.output.overwrite:
