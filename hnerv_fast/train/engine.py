@@ -45,6 +45,7 @@ from hnerv_fast.ops import grouped_grad_norms
 from hnerv_fast.train import checkpoint as ckpt
 from hnerv_fast import precision
 from hnerv_fast.train import distributed
+from hnerv_fast.train.interrupts import deferred_sigint
 from hnerv_fast.train.perf import EpochMeter
 
 
@@ -425,9 +426,10 @@ class Engine:
         """Rank 0 writes (all ranks hold the same weights); every rank loads on resume."""
         if not names or not distributed.is_main():
             return
-        state = self.state(epoch)
-        for name in names:
-            ckpt.save_atomic(state, self.checkpoint_dir / name)
+        with deferred_sigint():  # Ctrl-C now stops the run after this epoch's checkpoints are all written
+            state = self.state(epoch)
+            for name in names:
+                ckpt.save_atomic(state, self.checkpoint_dir / name)
 
     def resume(self, state: dict[str, Any], source: str) -> None:
         """Continue after the checkpoint's epoch, exactly where an uninterrupted run would be (`source`: what
