@@ -3,7 +3,7 @@
 Both trainers write into folders without a timestamp in the checkpoint names (dual: output_dir/exp_id/param_str;
 cascade: output.checkpoint_dir), so the same command always aims at the same files. A run that is not resuming
 stops with one line (exit code 2) before computing or writing anything; output.overwrite=true lets it train;
---resume still continues the run."""
+--resume still continues the run, and says "nothing to train" (exit 0, nothing written) once it is finished."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,6 +29,17 @@ CASCADE_SMALL = ("train.progress=false", "data.num_cases=6", "train.epochs=3", "
 def _files(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` (checkpoints, config.yaml, event files) with its bytes."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _nothing_to_train(code: int, capsys, folder: Path, before: dict[str, bytes], *patterns: str) -> None:
+    """A --resume with no epoch left: exit 0, one line on stdout, not a file added or changed (no event file)."""
+    assert code == 0
+    captured = capsys.readouterr()
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nothing to train: ") and not captured.err, captured
+    for pattern in patterns:
+        assert pattern in lines[0], lines[0]
+    assert _files(folder) == before
 
 
 def _refused(code: int, capsys, *patterns: str) -> str:
@@ -58,6 +69,9 @@ def test_dual_rerun_is_refused_overwrite_trains_and_resume_continues(tmp_path, c
     assert line.startswith("error: ")
     assert _files(folder) == before
     assert not fresh_cache.exists()
+    # resuming with the same stop_after: nothing left in this invocation
+    _nothing_to_train(main([*args, "train.stop_after=2", "--resume"]), capsys, folder, before,
+                      f"{folder / 'latest.pt'} is at epoch 2 and train.stop_after=2")
 
     # --resume still continues it
     assert main([*args, "--resume"]) == 0
@@ -66,11 +80,17 @@ def test_dual_rerun_is_refused_overwrite_trains_and_resume_continues(tmp_path, c
     capsys.readouterr()
     _refused(main(args), capsys, "(latest.pt, epoch 3, and 1 more)")  # the finished run's command
     assert _files(folder) == finished
+    _nothing_to_train(main([*args, "--resume"]), capsys, folder, finished,  # the finished run, resumed
+                      "is at epoch 3 of train.epochs=3; to train longer, raise train.epochs and pass --resume")
 
     # output.overwrite=true: trains again into the same folder
     written = (folder / "latest.pt").stat().st_mtime_ns
     assert main([*args, "output.overwrite=true"]) == 0
     assert ckpt.load(folder / "latest.pt")["epoch"] == 3 and (folder / "latest.pt").stat().st_mtime_ns > written
+
+    # what "nothing to train" suggests: more epochs, resumed from the path (train.epochs names the run folder)
+    assert main([*args, "train.epochs=4", "--resume", str(folder / "latest.pt")]) == 0
+    assert ckpt.load(run_dir(load_config(DUAL, [*args[2:], "train.epochs=4"])) / "latest.pt")["epoch"] == 4
 
 
 def test_dual_fresh_folder_and_other_folders_are_not_refused(tmp_path, monkeypatch):
@@ -110,11 +130,22 @@ def test_cascade_rerun_is_refused_overwrite_trains_and_resume_continues(tmp_path
     capsys.readouterr()
     _refused(main(args), capsys, "(stage_16_final.pt, epoch 3, and 2 more)")
     assert _files(out) == finished
+    _nothing_to_train(main([*args, "--resume"]), capsys, out, finished,  # the last stage to train is finished
+                      f"{out / 'stage_16_final.pt'} is at epoch 3 of train.epochs=3")
+    _nothing_to_train(main([*args, "stages.stage_16.epochs=3", "--resume"]), capsys, out, finished,
+                      "of stages.stage_16.epochs=3; to train longer, raise stages.stage_16.epochs")
+    # a stage's schedule may change on resume (above), its architecture may not
+    _refused(main([*args, "stages.stage_16.width=32", "--resume"]), capsys, "cannot resume from", "stages.stage_16 was")
+    assert _files(out) == finished
 
     # output.overwrite=true: trains again into the same folder
     written = (out / "stage_16_final.pt").stat().st_mtime_ns
     assert main([*args, "output.overwrite=true"]) == 0
     assert (out / "stage_16_final.pt").stat().st_mtime_ns > written
+
+    # what "nothing to train" suggests: a longer stage, resumed
+    assert main([*args, "stages.stage_16.epochs=4", "--resume"]) == 0
+    assert ckpt.load(out / "stage_16_final.pt")["epoch"] == 4
 
 
 def test_cascade_refuses_only_the_stages_it_trains(tmp_path):

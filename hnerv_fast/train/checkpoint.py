@@ -36,6 +36,21 @@ def refuse_overwrite(folder: Path, find: Callable[[], list[Path]], elsewhere: st
     distributed.check_on_main(check)
 
 
+def nothing_left(state: dict[str, Any], train: Any, path: Path, epochs_key: str = "train.epochs") -> str | None:
+    """What to tell the user when a run resumed from `state` (read from `path`) has no epoch left in this
+    invocation (`train`: its EngineConfig, `epochs_key`: the config key of its epochs); None when it has."""
+    epoch = state.get("epoch")
+    if not isinstance(epoch, int):  # a broken checkpoint: Engine.resume names what is missing
+        return None
+    if train.stop_after is not None and train.stop_after < train.epochs and epoch >= train.stop_after:
+        return (f"nothing to train: {path} is at epoch {epoch} and train.stop_after={train.stop_after}; "
+                f"raise or drop train.stop_after to go on")
+    if epoch >= train.epochs:
+        return (f"nothing to train: {path} is at epoch {epoch} of {epochs_key}={train.epochs}; to train longer, "
+                f"raise {epochs_key} and pass --resume {path}")
+    return None
+
+
 def saved_epoch(path: Path) -> int | None:
     """The epoch a checkpoint was saved at (memory-mapped: the weights are not read); None if unreadable."""
     try:

@@ -24,3 +24,4 @@ class RunPlan:
     fits: Callable[[Any], Iterator[Any]]  # writer -> Engines, built in turn
     mirrors: Callable[[], list] = field(default=list)  # rank 0's extra scalar sinks (e.g. W&B), closed at the end
     view_dir: Path | None = None  # what `tensorboard --logdir` should point at (default: logdir)
+    done: str | None = None  # a resumed run with no epoch left: the trainer says this and writes nothing

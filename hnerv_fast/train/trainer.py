@@ -35,6 +35,10 @@ def run(cfg, resume: str | None = None) -> Path:
         set_backend(cfg.ops.backend)
         plan = BUILDERS[cfg.task](cfg, device, resume)
         main = distributed.is_main()  # rank 0 alone writes config, logs and checkpoints
+        if plan.done:  # e.g. --resume of a finished run: no event file, config.yaml or checkpoint is touched
+            if main:
+                print(plan.done)
+            return plan.checkpoint_dir
         check_output_folders(plan)
         mirrors = []
         try:

@@ -39,7 +39,7 @@ def build(cfg: CascadeConfig, device: torch.device, resume: str | None) -> RunPl
     out = Path(cfg.output.checkpoint_dir)
     order = cfg.cascade_order()
     plan = cfg.stages_to_train()
-    state = None
+    state = done = None
     if resume is not None:
         path = latest_checkpoint(out, order) if resume == "latest" else Path(resume)
         state = ckpt.load(path, map_location=device)
@@ -50,7 +50,9 @@ def build(cfg: CascadeConfig, device: torch.device, resume: str | None) -> RunPl
         plan = plan[plan.index(stage):]
         # the same phantoms / CT cases and stage models (the CT folder may have moved)
         free = {"data": ("root",), "stages": (), "diffusion": ("ddim_steps", "physics_weight", "physics_at")}
-        ckpt.check_same_run(state.get("config", {}), to_dict(cfg), free, path)
+        ckpt.check_same_run(_without_stage_schedules(state.get("config", {})), _without_stage_schedules(to_dict(cfg)),
+                            free, path)
+        done = _nothing_left(cfg, state, path, plan)
         if cfg.output.run_name is None:
             cfg = _with_run_name(cfg, state.get("config", {}).get("output", {}).get("run_name"))
     elif not cfg.output.overwrite:
@@ -91,7 +93,26 @@ def build(cfg: CascadeConfig, device: torch.device, resume: str | None) -> RunPl
 
     return RunPlan(cfg=cfg, checkpoint_dir=out, logdir=logdir, config_dir=logdir,
                    layout=cascade_layout(cfg.stages_to_train()), fits=fits, mirrors=mirrors,
-                   view_dir=out / "tensorboard")
+                   view_dir=out / "tensorboard", done=done)
+
+
+STAGE_SCHEDULE = ("epochs", "batch_size", "lr")  # a stage's own training settings: a resumed run may change them
+
+
+def _without_stage_schedules(config: dict) -> dict:
+    """`config` (a plain dict) with each stage's architecture only, as check_same_run compares it."""
+    stages = {name: {k: v for k, v in stage.items() if k not in STAGE_SCHEDULE}
+              for name, stage in config.get("stages", {}).items()}
+    return {**config, "stages": stages}
+
+
+def _nothing_left(cfg: CascadeConfig, state: dict, path: Path, plan: list[str]) -> str | None:
+    """The message when the resumed stage (`plan[0]`) has no epoch left and no later stage trains after it."""
+    stage, train = plan[0], cfg.stage_train(plan[0])
+    if len(plan) > 1 and train.stop_after is None:  # the next stages still train
+        return None
+    key = f"stages.{stage}.epochs" if cfg.stages[stage].epochs is not None else "train.epochs"
+    return ckpt.nothing_left(state, train, path, key)
 
 
 def _with_run_name(cfg: CascadeConfig, name: str | None) -> CascadeConfig:

@@ -21,12 +21,13 @@ CHECKPOINTS = ("latest.pt", "best.pt")  # what DualHNeRVTask.checkpoint_names wr
 
 def build(cfg: DualHNeRVConfig, device, resume: str | None) -> RunPlan:
     out = run_dir(cfg)
-    state = None
+    state = done = None
     if resume is not None:
         path = out / "latest.pt" if resume == "latest" else Path(resume)
         state = ckpt.load(path, map_location=device)
         # before the CLIP targets: the same model on the same frames (the video file may have moved)
         ckpt.check_same_run(state.get("config", {}), to_dict(cfg), {"model": (), "data": ("path",)}, path)
+        done = ckpt.nothing_left(state, cfg.train, path)
     elif not cfg.output.overwrite:
         refuse_overwrite(out)
 
@@ -38,7 +39,7 @@ def build(cfg: DualHNeRVConfig, device, resume: str | None) -> RunPlan:
         yield engine
 
     return RunPlan(cfg=cfg, checkpoint_dir=out, logdir=out / "tensorboard", config_dir=out, layout=dual_layout(),
-                   fits=fits)
+                   fits=fits, done=done)
 
 
 def refuse_overwrite(out: Path) -> None:
