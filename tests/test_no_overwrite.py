@@ -16,6 +16,7 @@ from hnerv_fast.train import checkpoint as ckpt
 from hnerv_fast.train.__main__ import main
 from hnerv_fast.train.tasks import cascade_run
 from hnerv_fast.train.tasks.dual_hnerv import run_dir
+from tests.event_files import load_events
 
 DUAL = "configs/dual_hnerv_tiny.yaml"
 CASCADE = "configs/cascade_tiny.yaml"
@@ -83,10 +84,21 @@ def test_dual_rerun_is_refused_overwrite_trains_and_resume_continues(tmp_path, c
     _nothing_to_train(main([*args, "--resume"]), capsys, folder, finished,  # the finished run, resumed
                       "is at epoch 3 of train.epochs=3; to train longer, raise train.epochs and pass --resume")
 
-    # output.overwrite=true: trains again into the same folder
+    # output.overwrite=true with bad data: the earlier run is kept
+    _refused(main([*args, "output.overwrite=true", "data.source=folder", f"data.path={tmp_path}/missing"]), capsys,
+             "missing")
+    assert _files(folder) == finished
+
+    # output.overwrite=true: trains again into the same folder, in place of the earlier run (one event file:
+    # TensorBoard would draw the earlier run's epochs 1-3 and this run's as one zigzag curve)
     written = (folder / "latest.pt").stat().st_mtime_ns
+    assert len(list((folder / "tensorboard").glob("events.out.tfevents.*"))) == 2  # the run + its resume
     assert main([*args, "output.overwrite=true"]) == 0
     assert ckpt.load(folder / "latest.pt")["epoch"] == 3 and (folder / "latest.pt").stat().st_mtime_ns > written
+    assert "output.overwrite=true: removed 4 files of the earlier run (best.pt, event files, latest.pt)" in (
+        capsys.readouterr().out)
+    assert len(list((folder / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert [e.step for e in load_events(folder / "tensorboard").Scalars("Train/PSNR")] == [1, 2, 3]
 
     # what "nothing to train" suggests: more epochs, resumed from the path (train.epochs names the run folder)
     assert main([*args, "train.epochs=4", "--resume", str(folder / "latest.pt")]) == 0
@@ -138,10 +150,16 @@ def test_cascade_rerun_is_refused_overwrite_trains_and_resume_continues(tmp_path
     _refused(main([*args, "stages.stage_16.width=32", "--resume"]), capsys, "cannot resume from", "stages.stage_16 was")
     assert _files(out) == finished
 
-    # output.overwrite=true: trains again into the same folder
+    # output.overwrite=true: trains again into the same folder, in place of the earlier run's checkpoints
     written = (out / "stage_16_final.pt").stat().st_mtime_ns
-    assert main([*args, "output.overwrite=true"]) == 0
+    (out / "stage_16_epoch_9.pt").write_bytes((out / "stage_16_final.pt").read_bytes())  # of a longer run
+    assert main([*args, "output.overwrite=true", "output.run_name=again", "train.save_every=2"]) == 0
     assert (out / "stage_16_final.pt").stat().st_mtime_ns > written
+    assert sorted(p.name for p in out.glob("*.pt")) == ["stage_16_best.pt", "stage_16_epoch_2.pt",
+                                                        "stage_16_final.pt"]
+    # a fixed run name: the same TensorBoard folder, whose earlier event files go too
+    assert main([*args, "output.overwrite=true", "output.run_name=again"]) == 0
+    assert len(list((out / "tensorboard" / "again").glob("events.out.tfevents.*"))) == 1
 
     # what "nothing to train" suggests: a longer stage, resumed
     assert main([*args, "stages.stage_16.epochs=4", "--resume"]) == 0

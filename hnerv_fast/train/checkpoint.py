@@ -16,6 +16,9 @@ from hnerv_fast.errors import UserError
 from hnerv_fast.train import distributed
 
 
+EVENT_FILES = "events.out.tfevents.*"  # a TensorBoard run folder's files (what output.overwrite=true replaces)
+
+
 class RunExistsError(UserError, FileExistsError):
     """A fresh run (no --resume) whose checkpoint folder already holds that trainer's checkpoints: training
     would overwrite them (``output.overwrite=true`` allows it)."""

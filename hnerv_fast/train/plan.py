@@ -25,3 +25,7 @@ class RunPlan:
     mirrors: Callable[[], list] = field(default=list)  # rank 0's extra scalar sinks (e.g. W&B), closed at the end
     view_dir: Path | None = None  # what `tensorboard --logdir` should point at (default: logdir)
     done: str | None = None  # a resumed run with no epoch left: the trainer says this and writes nothing
+    # output.overwrite=true: the earlier run's files this run replaces (its checkpoints, event files). Listed
+    # before the writer opens, removed once the first fit is built (bad input keeps them), so TensorBoard
+    # does not draw the two runs as one and a stale checkpoint is not resumed later.
+    replaced: Callable[[], list[Path]] = field(default=list)

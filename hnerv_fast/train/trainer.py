@@ -40,11 +40,13 @@ def run(cfg, resume: str | None = None) -> Path:
                 print(plan.done)
             return plan.checkpoint_dir
         check_output_folders(plan)
+        replaced = plan.replaced() if main else []
         mirrors = []
         try:
             with AsyncSummaryWriter(str(plan.logdir)) if main else NullWriter() as writer:
                 fits = plan.fits(writer)
                 engine = next(fits)  # data, CLIP targets, resume: bad input fails before anything is written
+                remove_replaced(replaced)
                 if main:
                     write_config(plan.cfg, plan.config_dir)
                     mirrors = plan.mirrors()
@@ -84,6 +86,15 @@ def check_output_folders(plan) -> None:
             check_creatable(folder)
 
     distributed.check_on_main(check)
+
+
+def remove_replaced(paths: list[Path]) -> None:
+    """output.overwrite=true: the earlier run's files go (the run's own new event file is not among them)."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+    if paths:
+        print(f"output.overwrite=true: removed {len(paths)} files of the earlier run "
+              f"({', '.join(sorted({p.name if p.suffix == '.pt' else 'event files' for p in paths}))})")
 
 
 def write_config(cfg, folder: Path) -> Path:

@@ -14,8 +14,9 @@ W&B) and writes checkpoints; all ranks read the resume checkpoint and earlier st
 The checkpoint names carry no run name (the timestamp only names the TensorBoard folder): the same command
 always writes into the same files. A fresh run (no ``--resume``) therefore refuses a ``checkpoint_dir``
 that already holds ``{stage}_*.pt`` of a stage it is about to train (``checkpoint.RunExistsError``, exit code 2)
-unless ``output.overwrite=true``. Earlier stages' checkpoints are fine there: a run of
-``train.stages=[stage_32]`` reads ``stage_16_final.pt`` from that folder for its conditioning.
+unless ``output.overwrite=true`` (which removes them once the data has loaded: ``earlier_run``). Earlier stages'
+checkpoints are fine there: a run of ``train.stages=[stage_32]`` reads ``stage_16_final.pt`` from that folder
+for its conditioning.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def build(cfg: CascadeConfig, device: torch.device, resume: str | None) -> RunPl
     order = cfg.cascade_order()
     plan = cfg.stages_to_train()
     state = done = None
+    overwrite = resume is None and cfg.output.overwrite
     if resume is not None:
         path = latest_checkpoint(out, order) if resume == "latest" else Path(resume)
         state = ckpt.load(path, map_location=device)
@@ -93,7 +95,8 @@ def build(cfg: CascadeConfig, device: torch.device, resume: str | None) -> RunPl
 
     return RunPlan(cfg=cfg, checkpoint_dir=out, logdir=logdir, config_dir=logdir,
                    layout=cascade_layout(cfg.stages_to_train()), fits=fits, mirrors=mirrors,
-                   view_dir=out / "tensorboard", done=done)
+                   view_dir=out / "tensorboard", done=done,
+                   replaced=lambda: earlier_run(out, plan, logdir) if overwrite else [])
 
 
 STAGE_SCHEDULE = ("epochs", "batch_size", "lr")  # a stage's own training settings: a resumed run may change them
@@ -138,6 +141,12 @@ def latest_checkpoint(folder: Path, order: list[str]) -> Path:
     if not found:
         raise ckpt.CheckpointError(f"checkpoint not found: no {{stage}}_*.pt of stages {order} in {folder}")
     return max(found)[1]
+
+
+def earlier_run(folder: Path, stages: list[str], logdir: Path) -> list[Path]:
+    """What output.overwrite=true replaces: the checkpoints of the `stages` this run trains (earlier stages'
+    stay: they condition the later ones) and the event files of a TensorBoard folder named like this run's."""
+    return [p for _, p in sorted(stage_checkpoints(folder, stages))] + sorted(logdir.glob(ckpt.EVENT_FILES))
 
 
 def refuse_overwrite(folder: Path, stages: list[str]) -> None:

@@ -3,7 +3,8 @@
 The run folder (``output.output_dir/exp_id/param_str``) has no timestamp: the same command always
 writes into the same folder. A fresh run (no ``--resume``) therefore refuses a folder that already holds
 ``latest.pt`` / ``best.pt`` (``checkpoint.RunExistsError``, exit code 2) unless ``output.overwrite=true``; the check
-comes before the CLIP targets are computed and before anything is written.
+comes before the CLIP targets are computed and before anything is written. With ``output.overwrite=true`` the
+earlier run's checkpoints and event files are removed once the data has loaded (``earlier_run``).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ CHECKPOINTS = ("latest.pt", "best.pt")  # what DualHNeRVTask.checkpoint_names wr
 def build(cfg: DualHNeRVConfig, device, resume: str | None) -> RunPlan:
     out = run_dir(cfg)
     state = done = None
+    overwrite = resume is None and cfg.output.overwrite
     if resume is not None:
         path = out / "latest.pt" if resume == "latest" else Path(resume)
         state = ckpt.load(path, map_location=device)
@@ -39,10 +41,18 @@ def build(cfg: DualHNeRVConfig, device, resume: str | None) -> RunPlan:
         yield engine
 
     return RunPlan(cfg=cfg, checkpoint_dir=out, logdir=out / "tensorboard", config_dir=out, layout=dual_layout(),
-                   fits=fits, done=done)
+                   fits=fits, done=done, replaced=lambda: earlier_run(out) if overwrite else [])
+
+
+def checkpoints(out: Path) -> list[Path]:
+    return [out / name for name in CHECKPOINTS if (out / name).is_file()]
 
 
 def refuse_overwrite(out: Path) -> None:
     """RunExistsError when the run folder `out` holds this trainer's checkpoints."""
-    ckpt.refuse_overwrite(out, lambda: [out / name for name in CHECKPOINTS if (out / name).is_file()],
-                          "output.output_dir / exp_id / param_str")
+    ckpt.refuse_overwrite(out, lambda: checkpoints(out), "output.output_dir / exp_id / param_str")
+
+
+def earlier_run(out: Path) -> list[Path]:
+    """What output.overwrite=true replaces in the run folder: the checkpoints and TensorBoard event files."""
+    return checkpoints(out) + sorted((out / "tensorboard").glob(ckpt.EVENT_FILES))
