@@ -29,10 +29,12 @@ cascade (tags `{stage}/{name}` of `CascadeTags`)
                    are within two orders of magnitude; beyond that the weight has to compensate and a
                    typical physics_weight (0.1 - 1) leaves one term negligible.
   val_loss_rising  val_loss increased `val_loss_rising_epochs` (3) epochs in a row.
-  epoch_time_drift (recent - baseline) / baseline > epoch_time_drift (20 %): slowdowns only (a run that gets
-                   faster, e.g. once caches are warm, is fine), baseline = median of the first
-                   `epoch_time_baseline_epochs` (3) epoch times (robust to a slow first, compiling,
-                   epoch), recent = median of the last `epoch_time_recent_epochs` (1 = the last epoch).
+  epoch_time_drift (recent - baseline) / baseline > epoch_time_drift (20 %) and recent - baseline >
+                   `epoch_time_drift_min_s` (1 s): slowdowns only (a run that gets faster, e.g. once caches
+                   are warm, is fine), baseline = median of the first `epoch_time_baseline_epochs` (3)
+                   epoch times (robust to a slow first, compiling, epoch), recent = median of the last
+                   `epoch_time_recent_epochs` (1 = the last epoch). The floor keeps short epochs (tiny
+                   configs, tests: a fraction of a second, where scheduling alone moves them by 20 %+) quiet.
 any tag
   nonfinite        a NaN or inf value (compares false with every threshold, so it is checked first).
 
@@ -241,7 +243,7 @@ class HealthMonitor:
             recent = statistics.median(list(history)[-t.epoch_time_recent_epochs:])
             if baseline > 0:
                 drift = (recent - baseline) / baseline
-                if drift > t.epoch_time_drift:
+                if drift > t.epoch_time_drift and recent - baseline > t.epoch_time_drift_min_s:
                     self._warn(out, "epoch_time_drift", tag, step,
                                f"{_fmt(recent)} s vs {_fmt(baseline)} s (median of the first "
                                f"{t.epoch_time_baseline_epochs} epochs): {drift:+.0%} slower, beyond "

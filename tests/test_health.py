@@ -135,6 +135,16 @@ BAD_CASCADE = {
 }
 
 
+def test_epoch_time_drift_needs_a_slowdown_of_seconds_not_only_percent():
+    """A short epoch (0.3 s -> 0.5 s: +67 %) is scheduling noise; a long one 20 % slower is a slowdown."""
+    def run(times):
+        return check_scalars({f"{S64}/epoch_time": list(enumerate(times, start=1))})
+
+    assert run([0.3, 0.3, 0.3, 0.5]) == []
+    assert kinds(run([10.0, 10.0, 10.0, 12.5])) == {("epoch_time_drift", f"{S64}/epoch_time")}
+    assert run([3.0, 3.0, 3.0, 3.9]) == []  # +30 % but 0.9 s
+
+
 # ------------------------------------------------------------------------------------ pure rules
 def test_healthy_synthetic_runs_have_no_warnings():
     assert check_scalars(healthy_dual()) == []

@@ -30,6 +30,7 @@ class HealthThresholds:
     diffusion_physics_factor: float = 100.0  # train_diffusion / train_physics outside [1/f, f]
     val_loss_rising_epochs: int = 3
     epoch_time_drift: float = 0.2
+    epoch_time_drift_min_s: float = 1.0    # and at least this much slower: sub-second epochs jitter by 20 %+
     epoch_time_baseline_epochs: int = 3
     epoch_time_recent_epochs: int = 1
     # report only: trend column and "watch" notes (the guide's "Healthy Training" ranges)
