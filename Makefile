@@ -33,7 +33,7 @@ install: $(VENV)/.installed
 install-cuda: $(VENV)/.installed-cuda
 
 # A demo may run again: it replaces its own earlier checkpoints (a training run otherwise refuses to).
-demo: install
+demo: $(if $(NO_INSTALL),,install)
 	$(PY) -m hnerv_fast.train --config configs/dual_hnerv_tiny.yaml output.overwrite=true
 	$(PY) -m hnerv_fast.train --config configs/cascade_tiny.yaml output.overwrite=true
 

@@ -18,9 +18,11 @@ def resolve_device(name: str, option: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
-    except RuntimeError as exc:
-        raise DeviceError(f"{option}={name}: {exc}") from None
-    if device.type != "cuda":
+    except RuntimeError:  # torch's message lists every device type it knows, most of which we do not run on
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        raise DeviceError(f"{option}={name}: expected auto, cpu, cuda or cuda:N")
+    if device.type == "cpu":
         return device
     if not torch.cuda.is_available():
         raise DeviceError(f"{option}={name} but no CUDA device is available (use {option}=auto or cpu)")

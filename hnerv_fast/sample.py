@@ -1,6 +1,6 @@
 """Generate a CT volume from X-rays with a trained cascade; optionally score it against the case's ground truth.
 
-    python -m hnerv_fast.sample --checkpoint checkpoints/stage_32_final.pt \\
+    python -m hnerv_fast.sample --checkpoint output/cascade_tiny/stage_32_final.pt \\
         --xray case_frontal.png --xray case_lateral.npy --out volume.nii.gz \\
         --reference case.nii.gz --json quality.json --preview volume.png
 

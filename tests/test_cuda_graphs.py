@@ -103,6 +103,9 @@ def test_cuda_device_becomes_the_current_device(monkeypatch):
     assert pick_device("cpu") == torch.device("cpu")
     with pytest.raises(DeviceError, match="4 CUDA device"):  # bad input: one line, exit 2
         pick_device("cuda:4")
+    for other in ("tpu", "mps", "meta", "cpu:1", "cuda:x"):  # not a device this project runs on: the choices
+        with pytest.raises(DeviceError, match=rf"^train\.device={other}: expected auto, cpu, cuda or cuda:N$"):
+            pick_device(other)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert pick_device("auto") == torch.device("cuda", 1)

@@ -51,7 +51,7 @@ def torchrun(args: list[str], env: dict | None = None, script: str = "-m hnerv_f
 @pytest.fixture(autouse=True)
 def one_thread():
     """In-process runs use one intra-op thread, like each torchrun rank (OMP_NUM_THREADS=1); on 2 shared
-    cores the tiny models also run several times faster so (benchmarks/RESULTS_scaling.md)."""
+    cores the tiny models also run several times faster so (benchmarks/RESULTS.md, "Data-parallel scaling")."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

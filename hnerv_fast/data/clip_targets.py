@@ -92,8 +92,8 @@ def _resolve_tag(model_name: str, tag: str, cfg: dict, weights_cache_dir: str | 
     """Local file for a pretrained tag: local caches first, then at most one download try."""
     hint = (
         f"could not fetch CLIP weights for model {model_name!r}, pretrained tag {tag!r}. "
-        f"Download the checkpoint elsewhere and pass its local file path as pretrained=<path> "
-        f"(or use pretrained=none for a randomly initialised encoder)."
+        f"Download the checkpoint elsewhere and pass its local file path as clip.pretrained=<path> "
+        f"(or use clip.pretrained=null for a randomly initialised encoder)."
     )
     if "file" in cfg:
         if os.path.isfile(cfg["file"]):
