@@ -123,3 +123,16 @@ def test_a_mirror_added_later_gets_every_later_scalar_batch(tmp_path):
         writer.add_scalars(1, {"a": torch.tensor(1.0)})
     assert mirror.seen == [(1, {"a": 1.0})]
     assert [s for s, _ in scalar_series(load_events(tmp_path), "a")] == [0, 1]
+
+
+def test_cpu_histogram_is_copied_when_queued(tmp_path):
+    """A CPU tensor passed to add_histogram is copied: updating it in place after the call does not change the log."""
+    gate = threading.Event()
+    values = torch.arange(10.0)  # float32, 1-D: .float().flatten() is the caller's tensor itself
+    with AsyncSummaryWriter(str(tmp_path)) as writer:
+        writer.add_scalars(0, {"gate": 0.0}, callback=lambda v: gate.wait(10))  # holds the writer thread
+        writer.add_histogram("h", values, 1)
+        values.fill_(100.0)  # before the writer thread can reach the histogram record
+        gate.set()
+    (hist,) = load_events(tmp_path).Histograms("h")
+    assert (hist.histogram_value.min, hist.histogram_value.max, hist.histogram_value.sum) == (0.0, 9.0, 45.0)

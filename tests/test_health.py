@@ -132,6 +132,9 @@ BAD_CASCADE = {
                          ("epoch_time_drift", f"{S64}/epoch_time")),
     "cascade_oscillation": (lambda s: modify(s, f"{S128}/train_loss", lambda st, v: 0.2 if st % 2 else 0.3),
                             ("oscillation", f"{S128}/train_loss")),
+    # the other side of the band: physics 500x larger than diffusion (ratio 1/500 < 1/100) also warns
+    "loss_imbalance_physics_dominates": (lambda s: modify(s, f"{S64}/train_physics", lambda st, v: v * 5000.0),
+                                         ("loss_imbalance", f"{S64}/train_diffusion")),
 }
 
 
@@ -219,6 +222,42 @@ def test_oscillation_definition():
     assert not oscillation(plateau, t)[0]  # sign changes, tiny amplitude
     assert oscillation(zigzag, t)[0]
     assert not oscillation(zigzag[:9], t)[0]  # needs a full window
+
+
+def test_oscillation_needs_more_than_half_sign_changes():
+    """Exactly 50 % sign changes (4 of 8 pairs) is not oscillation ("more than 50 %"); 5 of 8 is."""
+    t = HealthThresholds()
+    assert t.oscillation_window == 10 and t.oscillation_sign_changes == 0.5
+
+    def walk(signs):  # 10 values whose 9 differences are +-0.5 with these signs (amplitude ~25 % of the loss)
+        values = [1.0]
+        for sign in signs:
+            values.append(values[-1] + 0.5 * sign)
+        return values
+
+    hit, changes, amplitude = oscillation(walk([1, -1, 1, -1, 1, 1, 1, 1, 1]), t)
+    assert (hit, changes) == (False, 0.5) and amplitude > t.oscillation_amplitude
+    hit, changes, _ = oscillation(walk([-1, 1, -1, 1, -1, 1, 1, 1, 1]), t)
+    assert (hit, changes) == (True, 0.625)
+
+
+def test_val_loss_rising_needs_strict_rises():
+    """val_loss_rising counts strict increases: a flat (or partly flat) val_loss is no warning."""
+    def run(values):
+        return check_scalars({f"{S64}/val_loss": list(enumerate(values, start=1))})
+
+    assert run([0.5, 0.5, 0.5, 0.5]) == []
+    assert run([0.5, 0.6, 0.6, 0.7]) == []
+    assert kinds(run([0.5, 0.6, 0.7, 0.8])) == {("val_loss_rising", f"{S64}/val_loss")}
+
+
+def test_vanishing_gradient_is_strictly_below_min_grad_norm():
+    """A total_norm exactly at min_grad_norm is not vanishing (docs: "< min_grad_norm"); just below is."""
+    t = HealthThresholds()
+    monitor = HealthMonitor(t)
+    assert monitor.update(1, {T.GRAD_TOTAL: t.min_grad_norm}) == []
+    (line,) = monitor.update(2, {T.GRAD_TOTAL: t.min_grad_norm * 0.99})
+    assert "vanishing" in line
 
 
 def test_trend():

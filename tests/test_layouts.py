@@ -42,3 +42,17 @@ def test_every_entry_plots_written_tags_and_a_literal_one_exactly_one(name):
             assert plotted, (chart, entry)
             if ".*" not in entry:
                 assert len(plotted) == 1, (chart, entry, plotted)
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_every_margin_chart_names_written_tags(name):
+    """Margin charts (value, lower, upper) name exact tags: each must be a tag the trainer writes."""
+    layout, tags = LAYOUTS[name]
+    kinds = {kind for charts in layout.values() for kind, _ in charts.values()}
+    assert kinds <= {"Multiline", "Margin"}  # no chart kind escapes the checks of this file
+    for category, charts in layout.items():
+        for title, (kind, entries) in charts.items():
+            if kind == "Margin":
+                assert len(entries) == 3, (category, title, entries)
+                for entry in entries:
+                    assert entry in tags, (category, title, entry)

@@ -51,3 +51,20 @@ def test_learning_rate_tag_follows_the_validation_loss(tmp_path):
         replay.step(loss)
     assert lrs == pytest.approx(expected, rel=1e-6)
     assert len(set(expected)) > 1, (val, lrs)  # the run did reduce the lr
+
+
+def test_a_resumed_run_continues_the_plateau_schedule(tmp_path):
+    """The schedule's state (best loss, patience count, current factor) is in the checkpoint: a run stopped
+    after epoch 2 and resumed logs the uninterrupted run's learning rates."""
+    common = ["train.epochs=5", "train.stages=[stage_16]", "train.lr_schedule=plateau_0.5_0", "train.val_samples=0",
+              "train.progress=false", "train.lr=0.05", "train.deterministic=true", "output.run_name=p"]
+    run(load_config("configs/cascade_tiny.yaml", [f"output.checkpoint_dir={tmp_path}/a", *common]))
+    stopped = load_config("configs/cascade_tiny.yaml", [f"output.checkpoint_dir={tmp_path}/b", *common])
+    run(load_config("configs/cascade_tiny.yaml",
+                    [f"output.checkpoint_dir={tmp_path}/b", *common, "train.stop_after=2"]))
+    run(stopped, resume="latest")
+    straight, resumed = (scalar_series(load_events(tmp_path / r / "tensorboard" / "p"), "stage_16/learning_rate")
+                         for r in ("a", "b"))
+    assert [s for s, _ in resumed] == [s for s, _ in straight] == [1, 2, 3, 4, 5]
+    assert [v for _, v in resumed] == pytest.approx([v for _, v in straight], rel=1e-6)
+    assert straight[2][1] < 0.05, straight  # the premise: the state saved at epoch 2 had already reduced the lr

@@ -4,6 +4,9 @@ untouched), counted per epoch (Train/skipped_steps, {stage}/skipped_steps), warn
 NaN is injected the way bad data arrives: a poisoned sample (its coordinates, its X-ray)."""
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 import hnerv_fast.train.tasks.dual_hnerv as dual
@@ -74,6 +77,11 @@ def test_skipped_steps_are_logged_per_epoch_and_warned_once(tmp_path, capsys, mo
     events = load_events(out / "tensorboard")
     assert scalar_series(events, "Train/skipped_steps") == [(1, 1.0), (2, 1.0)]
     assert all(torch.isfinite(torch.tensor(v)) for _, v in scalar_series(events, "Train/Loss/total_loss"))
+    # the epoch means are over the 8 steps taken, not the 9 run (the skipped step's NaN batch values excluded)
+    per_batch = scalar_series(events, "Train_Batch/total_loss")
+    for epoch, mean in scalar_series(events, "Train/Loss/total_loss"):
+        taken = [v for s, v in per_batch if (epoch - 1) * 9 < s <= epoch * 9 and math.isfinite(v)]
+        assert len(taken) == 8 and mean == pytest.approx(sum(taken) / 8, rel=1e-5), (epoch, taken)
     assert capsys.readouterr().out.count("optimizer step(s) skipped") == 1
 
 

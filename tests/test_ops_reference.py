@@ -66,6 +66,19 @@ def test_fusion_table_matches_spec():
     assert R.PIXEL_LOSSES == ("L1", "L2", "SSIM", "MS-SSIM") + tuple(f"Fusion{i}" for i in range(1, 13))
 
 
+def test_plain_pixel_losses_match_spec():
+    """The plain kinds are the spec's single terms: L2 = MSE, L1 = MAE, SSIM = 1-SSIM, MS-SSIM = 1-MS-SSIM."""
+    assert R.FUSION_WEIGHTS["L2"] == (1.0, 0.0, 0.0, 0.0)
+    assert R.FUSION_WEIGHTS["L1"] == (0.0, 1.0, 0.0, 0.0)
+    assert R.FUSION_WEIGHTS["SSIM"] == (0.0, 0.0, 1.0, 0.0)
+    assert R.FUSION_WEIGHTS["MS-SSIM"] == (0.0, 0.0, 0.0, 1.0)
+    x = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
+    y = torch.tensor([[[[0.1, 0.2], [0.3, 0.4]]]], dtype=torch.float64)
+    # by hand: MAE = (0.1 + 0.2 + 0.3 + 0.4) / 4, MSE = (0.01 + 0.04 + 0.09 + 0.16) / 4
+    torch.testing.assert_close(R.pixel_loss(x, y, "L1"), torch.tensor([0.25], dtype=torch.float64))
+    torch.testing.assert_close(R.pixel_loss(x, y, "L2"), torch.tensor([0.075], dtype=torch.float64))
+
+
 def test_pixel_loss_reference_formulas():
     x, y = _pair((2, 3, 176, 176), seed=4)
     ssim = pm.ssim(x, y, data_range=1.0, size_average=False)

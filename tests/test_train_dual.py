@@ -2,15 +2,19 @@
 bad input, and that the tiny config actually learns."""
 from __future__ import annotations
 
+import io
 import math
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from hnerv_fast.config import load_config
+from hnerv_fast.data.video import load_frames
 from hnerv_fast.logging.layouts import DualTags as T
 from hnerv_fast.train import checkpoint as ckpt
 from hnerv_fast.train.trainer import run, run_from_args
@@ -139,13 +143,15 @@ def test_tiny_config_learns(tiny_dual_run):
 
 
 def test_checkpoints_and_config_written(tiny_dual_run):
-    cfg, out, _ = tiny_dual_run
+    cfg, out, acc = tiny_dual_run
     assert (out / "config.yaml").is_file()
     latest, best = ckpt.load(out / "latest.pt"), ckpt.load(out / "best.pt")
     assert latest["epoch"] == cfg.train.epochs
     assert latest["config"]["loss"]["pixel"] == cfg.loss.pixel
     assert set(latest) >= {"model_state_dict", "optimizer_state_dict", "epoch", "rng", "config", "global_step"}
-    assert best["epoch"] in (10, 20, 30)
+    val_psnr = dict(scalar_series(acc, "Eval/Frame/val_psnr"))  # best.pt: the best validation frame PSNR
+    assert best["epoch"] == max(val_psnr, key=val_psnr.get)
+    assert best["best_score"] == pytest.approx(val_psnr[best["epoch"]], abs=1e-4)
     assert not list(out.glob("*.tmp"))
 
 
@@ -258,6 +264,21 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_one_error(tmp_path, clip_ca
 def test_run_dir_layout(tmp_path, clip_cache):
     cfg = load_config(TINY, overrides(tmp_path, clip_cache))
     assert run_dir(cfg).relative_to(tmp_path / "out").parts[0] == "tiny"
+
+
+def test_eval_images_are_target_above_prediction(tiny_dual_run):
+    """`Eval/Images/<split>_frame<N>_target_vs_pred`: the ground-truth frame N on top, the prediction below."""
+    cfg, _, acc = tiny_dual_run
+    d = cfg.data
+    frames = load_frames(d.source, d.path, num_frames=d.num_frames, height=d.height, width=d.width, seed=d.seed,
+                         max_frames=d.max_frames)
+    height = frames.shape[2]
+    for tag, frame in (("Eval/Images/train_frame0_target_vs_pred", 0), ("Eval/Images/val_frame9_target_vs_pred", 9)):
+        image = np.asarray(Image.open(io.BytesIO(acc.Images(tag)[-1].encoded_image_string)).convert("RGB"))
+        truth = frames[frame].permute(1, 2, 0).numpy().astype(np.int16)
+        assert image.shape == (2 * height, frames.shape[3], 3)
+        assert np.abs(image[:height].astype(np.int16) - truth).max() <= 1, tag  # 8-bit rounding only
+        assert np.abs(image[height:].astype(np.int16) - truth).mean() > 1, tag  # a prediction, not the frame
 
 
 def test_eval_std_is_the_population_std_of_the_frame_psnrs(tiny_dual_run):
