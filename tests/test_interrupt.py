@@ -5,6 +5,7 @@ drains a long queue on an exception is tested with a slow writer thread in test_
 queue is nearly empty when the signal arrives.) A SIGINT during a checkpoint save waits for the save's end.)"""
 from __future__ import annotations
 
+import importlib.abc
 import os
 import re
 import signal
@@ -90,3 +91,19 @@ def test_sigint_during_a_checkpoint_save_writes_every_file_then_stops(tmp_path, 
         engine.save(["latest.pt", "best.pt"], 1)
     for name in ("latest.pt", "best.pt"):
         assert torch.load(tmp_path / "ckpt" / name, weights_only=False)["epoch"] == 1
+
+
+def test_ctrl_c_while_the_trainer_imports_is_one_line(monkeypatch, capsys):
+    """Ctrl-C in the seconds `python -m hnerv_fast.train` spends importing torch: `interrupted`, exit 130."""
+    from hnerv_fast.train.__main__ import main
+
+    class InterruptedImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "hnerv_fast.train.trainer":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "hnerv_fast.train.trainer")
+    monkeypatch.setattr(sys, "meta_path", [InterruptedImport(), *sys.meta_path])
+    assert main(["--config", "configs/dual_hnerv_tiny.yaml"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
