@@ -179,6 +179,7 @@ def test_split_by_case_is_seeded_and_disjoint(tmp_path):
     assert split_cases(names, 0.2, seed=0) == (tr, va)
     assert any(split_cases(names, 0.2, seed=s)[1] != va for s in range(1, 5))
     assert split_cases(["x", "y"], 0.1, 0)[1] != []           # at least one val case
+    assert [len(part) for part in split_cases(["x", "y"], 0.9, 0)] == [1, 1]  # and at least one train case
     assert split_cases(["x"], 0.5, 0) == (["x"], [])
     for i in range(5):
         np.save(tmp_path / f"c{i}.npy", np.random.rand(4, 4, 4).astype(np.float32))
@@ -257,3 +258,13 @@ def test_folder_errors(tmp_path):
     np.save(one / "only.npy", np.random.rand(4, 4, 4).astype(np.float32))
     with pytest.raises(CTFolderError, match="empty"):
         CTFolderDataset(one, sizes=(4,), xray_size=4, split="val", project=drr)
+
+
+def test_phantom_split_holds_out_the_last_rounded_fraction_of_cases():
+    """README: the last round(val_fraction * num_cases) phantoms (at least one) are validation, the rest train."""
+    from hnerv_fast.config import load_config
+    from hnerv_fast.data.cascade_data import load_cascade_data
+
+    cfg = load_config("configs/cascade_tiny.yaml", ["data.num_cases=6", "data.val_fraction=0.3"])  # 1.8 -> 2
+    data = load_cascade_data(cfg, torch.device("cpu"), project=drr)
+    assert data.train_rows.tolist() == [0, 1, 2, 3] and data.val_rows.tolist() == [4, 5]

@@ -85,6 +85,9 @@ def test_sample_timesteps_range(sched):
     t = sample_timesteps(4096, sched, generator=torch.Generator().manual_seed(0))
     assert t.dtype == torch.long and int(t.min()) >= 0 and int(t.max()) <= 999
     assert int(t.max()) > 900 and int(t.min()) < 100
+    # every step of [0, T) is drawn, t = 0 (the least noisy) and T - 1 included
+    small = sample_timesteps(2000, CosineSchedule(10), generator=torch.Generator().manual_seed(0))
+    assert set(small.tolist()) == set(range(10))
 
 
 def test_ddim_timesteps():
@@ -107,6 +110,30 @@ def test_ddim_with_oracle_v_recovers_x0(sched, steps, eta):
 
     out = ddim_sample(oracle, x0.shape, steps, sched, generator=g, dtype=torch.float64, eta=eta)
     torch.testing.assert_close(out, x0, rtol=0, atol=1e-6)
+
+
+def test_ddim_steps_follow_the_deterministic_update_with_the_clipped_x0(sched):
+    """eta = 0: x_t' = sqrt(abar_t') x0 + sqrt(1 - abar_t') eps with x0 the clamped estimate and
+    eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t), the noise that x0 implies for x_t. (The oracle test above
+    cannot see a wrong step: its model names the true x0 from any x_t.)"""
+    seen = []
+
+    def model(x_t, t):  # x0 estimates often outside [-1, 1]: clipping matters
+        seen.append((x_t.clone(), int(t[0])))
+        return 0.7 * x_t + 0.3
+
+    x_T = 2 * torch.randn(2, 1, 3, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    ddim_sample(model, x_T.shape, 6, sched, dtype=torch.float64, x_T=x_T, clip_x0=(-1.0, 1.0))
+    abar = sched.alphas_cumprod
+    clipped = 0
+    for (x, t), (x_next, t_next) in zip(seen, seen[1:]):
+        x0 = abar[t].sqrt() * x - (1 - abar[t]).sqrt() * (0.7 * x + 0.3)
+        x0c = x0.clamp(-1.0, 1.0)
+        clipped += int(not torch.equal(x0c, x0))
+        eps = (x - abar[t].sqrt() * x0c) / (1 - abar[t]).sqrt()
+        want = abar[t_next].sqrt() * x0c + (1 - abar[t_next]).sqrt() * eps
+        torch.testing.assert_close(x_next, want, rtol=0, atol=1e-9)
+    assert len(seen) == 6 and clipped, clipped
 
 
 def test_ddim_deterministic_and_cond_passed(sched):

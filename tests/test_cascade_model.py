@@ -11,7 +11,7 @@ from hnerv_fast.config.cascade import StageConfig
 from hnerv_fast.models.cascade import CascadeStage, DepthLift, upsample_volume
 from hnerv_fast.models.cascade_diffusion import diffusion_and_physics_loss, sample_cascade, sample_stage
 from hnerv_fast.models.diffusion import CosineSchedule, q_sample, v_target
-from hnerv_fast.models.drr import drr_views
+from hnerv_fast.models.drr import drr_views, physics_loss
 from hnerv_fast.models.vit3d import AdaLNBlock, patchify3d, timestep_embedding, unpatchify3d
 
 
@@ -196,6 +196,11 @@ def test_loss_helper_values_and_determinism(sched):
     with torch.no_grad():
         v = model(q_sample(x0, t, noise, sched), t, xr, prev)
     torch.testing.assert_close(dif2, (v - v_target(x0, t, noise, sched)).square().mean())
+    # ... and the physics term is the DRR of the x0 that the prediction implies from x_t (what sampling sees)
+    _, _, phy2 = diffusion_and_physics_loss(model, sched, x0, xr, None, prev, 1.0, t=t, noise=noise)
+    abar = sched.alphas_cumprod[t].view(-1, 1, 1, 1, 1)
+    x0_hat = (abar.sqrt() * q_sample(x0, t, noise, sched) - (1 - abar).sqrt() * v).float()
+    torch.testing.assert_close(phy2, physics_loss(x0_hat, xr, ("frontal", "lateral")))
     total.backward()
     assert all(p.grad is not None for p in model.parameters())
     with pytest.raises(ValueError, match="views"):

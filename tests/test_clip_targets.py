@@ -111,6 +111,27 @@ def test_corrupt_cache_is_recomputed(patches, targets, tmp_path):
     assert torch.load(path, weights_only=True)["embeddings"].shape == (2, 384)
 
 
+def test_cache_of_other_patches_count_is_recomputed(patches, targets, tmp_path):
+    """A cache file whose row count is not the patches' (e.g. written by an older, different run) is not used."""
+    emb, _ = targets
+    path = clip_cache_path(patches[:2], model_name=MODEL, pretrained=None, cache_dir=tmp_path)
+    torch.save({"embeddings": emb[:3]}, path)
+    got = clip_patch_targets(patches[:2], model_name=MODEL, pretrained=None, cache_dir=tmp_path)
+    assert got.shape == (2, emb.shape[1]) and torch.allclose(got, emb[:2], atol=1e-5)
+
+
+def test_a_rewritten_local_checkpoint_gets_a_new_cache_key(patches, tmp_path):
+    """Local CLIP weights are keyed by path, size and modification time: retrained weights of the same size
+    saved over the old file must not reuse the old targets."""
+    weights = tmp_path / "clip.pt"
+    weights.write_bytes(b"x" * 64)
+    os.utime(weights, ns=(1_000_000_000, 1_000_000_000))
+    before = clip_cache_path(patches[:2], model_name=MODEL, pretrained=str(weights), cache_dir=tmp_path)
+    weights.write_bytes(b"y" * 64)
+    os.utime(weights, ns=(2_000_000_000, 2_000_000_000))
+    assert clip_cache_path(patches[:2], model_name=MODEL, pretrained=str(weights), cache_dir=tmp_path) != before
+
+
 def test_rejects_non_uint8(patches, tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         clip_patch_targets(patches.float() / 255, model_name=MODEL, pretrained=None, cache_dir=tmp_path)

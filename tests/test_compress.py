@@ -84,6 +84,19 @@ def test_quantisation_edge_cases_stay_within_half_a_step(weight):
         assert bool((err.view(q.channels, -1) <= step / 2 * (1 + 1e-6) + float32_ulp).all()), (per, err, step)
 
 
+def test_the_grid_covers_the_lowest_weights_at_16_bits():
+    """At 16 bits a step is far finer than float16's resolution of the grid's start: `lo` must be rounded down
+    (outward), or each channel's lowest weights fall below the grid and lose more than half a step."""
+    w = 0.1 * torch.randn(16, 32, generator=torch.Generator().manual_seed(0))
+    for per in ("channel", "tensor"):
+        q = quantize(w, 16, per)
+        assert q.lo.dtype == np.float16
+        step = torch.from_numpy(q.step.astype(np.float32)).view(-1, 1)
+        err = (dequantize(q) - w).abs().view(q.channels, -1)
+        float32_ulp = w.abs().view(q.channels, -1) * 2 ** -23
+        assert bool((err <= step / 2 * (1 + 1e-6) + float32_ulp).all()), per
+
+
 def test_file_round_trip_restores_the_quantised_weights_exactly(weights):
     state = weights["model_state_dict"]
     data, stats = encode_model(state, config=weights["config"], video=weights["video"], epoch=weights["epoch"],

@@ -157,6 +157,16 @@ def test_patch_coords_values():
     assert torch.allclose(pp, c[:, 1:], atol=1e-6)
 
 
+def test_patch_coords_shift_is_dy_then_dx():
+    """shift = (dy, dx) in patch heights / widths: dy moves only the y coordinate, dx only x."""
+    grid = PatchGrid(2, 4)
+    base = patch_coords(3, 64, 128, grid)
+    down = patch_coords(3, 64, 128, grid, shift=(0.5, 0.0))
+    right = patch_coords(3, 64, 128, grid, shift=(0.0, 0.25))
+    assert torch.equal(down[:, :2], base[:, :2]) and torch.allclose(down[:, 2], base[:, 2] + 0.5 * 32 / 64)
+    assert torch.equal(right[:, [0, 2]], base[:, [0, 2]]) and torch.allclose(right[:, 1], base[:, 1] + 0.25 * 32 / 128)
+
+
 def test_patch_coords_single_frame():
     c = patch_coords(1, 8, 8, PatchGrid(2, 2))
     assert c.shape == (4, 3) and bool((c[:, 0] == 0).all())

@@ -12,6 +12,7 @@ from hnerv_fast.data.video import (
     load_frame_folder,
     load_frames,
     load_video_file,
+    resize_frames,
     synthetic_video,
 )
 
@@ -161,3 +162,11 @@ def test_load_frames_errors(tmp_path):
         load_frames("synthetic", num_frames=2, height=8, width=8, resize=(0, 4))
     with pytest.raises(DataError, match="does_not_exist"):
         load_frames("folder", str(tmp_path / "does_not_exist"))
+
+
+def test_resize_rounds_to_the_nearest_level():
+    """A resized flat colour keeps its value (float interpolation lands a hair below 7, 100, 255: truncating
+    would darken the whole video by up to one level, and by half a level on average)."""
+    frames = torch.tensor([7, 100, 255], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 48, 80).contiguous()
+    resized = resize_frames(frames, (30, 50))
+    assert resized.shape == (2, 3, 30, 50) and torch.equal(resized, frames[:, :, :30, :50])

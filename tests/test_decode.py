@@ -15,7 +15,7 @@ from PIL import Image
 from hnerv_fast.config import load_config, to_dict
 from hnerv_fast.data.patches import PatchGrid, split_frames, to_patches
 from hnerv_fast.data.video import load_frames
-from hnerv_fast.decode import FrameRange, frame_name, main
+from hnerv_fast.decode import DecodeError, FrameRange, check_extent, frame_name, main
 from hnerv_fast.models.hnerv_dual import DualHNeRV
 from hnerv_fast.ops import patch_psnr
 from tests.event_files import scalar_series
@@ -144,6 +144,17 @@ def test_mp4_of_odd_sized_frames_is_padded_to_even(tmp_path, capsys):
 ])
 def test_frame_ranges_are_python_slices_with_fractional_steps(spec, expected):
     assert FrameRange.parse(spec).times(40) == [Fraction(v) for v in expected]
+
+
+def test_the_trained_extent_is_inclusive():
+    """Times 0 .. num_frames - 1 and shifts up to half a patch (centres on the frame's edge) need no
+    --extrapolate; anything beyond does."""
+    check_extent([Fraction(0), Fraction(39)], (0.5, -0.5), 40, extrapolate=False)
+    for times, shift in (([Fraction(-1, 100)], (0.0, 0.0)), ([Fraction(3901, 100)], (0.0, 0.0)),
+                         ([Fraction(1)], (0.0, 0.501)), ([Fraction(1)], (-0.501, 0.0))):
+        with pytest.raises(DecodeError, match="--extrapolate"):
+            check_extent(times, shift, 40, extrapolate=False)
+        check_extent(times, shift, 40, extrapolate=True)
 
 
 def test_frame_names_show_fractional_times():
