@@ -115,6 +115,18 @@ def test_file_round_trip_restores_the_quantised_weights_exactly(weights):
     assert stats.file_bytes == len(data)
 
 
+def test_a_symbol_far_rarer_than_the_commonest_still_round_trips():
+    """Frequencies are scaled to 16 bits: a symbol seen once next to one seen 200,000 times must keep a non-zero
+    frequency, or the range coder cannot code it (one outlier weight in a large, flat tensor)."""
+    flat = torch.zeros(2, 100_000)
+    flat[0, 0] = 1.0
+    state = {"decoder.weight": flat}
+    data, _ = encode_model(state, config={"task": "dual_hnerv"}, video={"num_frames": 1}, epoch=1, bits=8,
+                           granularity="tensor")
+    restored = decode_bytes(data, Path("mem"))["model_state_dict"]["decoder.weight"]
+    assert torch.equal(restored, dequantize(quantize(flat, 8, "tensor"))) and restored[0, 0] > 0.99
+
+
 # ------------------------------------------------------------------------------------------------ the command
 def test_psnr_drop_is_tiny_at_8_bits_and_grows_as_bits_fall(reports):
     before = reports[8, True]["metrics"]["original"]["psnr"]
