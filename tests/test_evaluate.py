@@ -121,6 +121,19 @@ def test_fractional_positions(evaluated, truth):
         assert fractional[category]["train"]["psnr_drop_db"] > 3.0, (category, fractional[category])
 
 
+def test_frames_in_neither_split_are_left_out(tiny_dual_run, tmp_path):
+    """A split with gap frames (8_9_10: frames 8, 18, ... train nothing and validate nothing) evaluates only the
+    run's training and validation frames. (The tiny run's weights under that split's config.)"""
+    _, run_folder, _ = tiny_dual_run
+    state = torch.load(run_folder / "latest.pt", weights_only=True)
+    state["config"]["data"]["data_split"] = "8_9_10"
+    torch.save(state, tmp_path / "gaps.pt")
+    assert main(["--checkpoint", str(tmp_path / "gaps.pt"), "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 0
+    rows = read_csv(tmp_path / "eval" / "frames.csv")
+    assert [int(r["frame"]) for r in rows] == [f for f in range(40) if f % 10 != 8]
+    assert {int(r["frame"]) for r in rows if r["split"] == "val"} == VAL_FRAMES
+
+
 def test_psnr_plot_marks_both_splits(evaluated):
     out = evaluated[2]
     image = np.asarray(Image.open(out / "psnr_per_frame.png").convert("RGB"))
