@@ -21,8 +21,13 @@ SMALL = ("train.epochs=3", "train.compile=none", "model.embed=pe_1.25_8", "model
 def _fit_with_scores(task, engine, scores: dict[int, float]) -> None:
     """engine.fit() where epoch e's validation score is scores[e] (the task still logs its own)."""
     end_epoch = task.end_epoch
+
+    def scored_end_epoch(epoch, *args):
+        end_epoch(epoch, *args)
+        return scores[epoch]
+
     task.writer = NullWriter()
-    task.end_epoch = lambda epoch, *args: (end_epoch(epoch, *args), scores[epoch])[1]
+    task.end_epoch = scored_end_epoch
     engine.fit()
 
 
