@@ -57,13 +57,17 @@ class HNeRVBlock(nn.Module):
         self.stride, self.out_ch = stride, out_ch
         self.conv = nn.Conv2d(in_ch, out_ch * stride * stride, kernel, padding=kernel // 2)
         self.act = activation(act)
+        # Index of each sub-pixel-major output channel in the convolution's own order. The bias is gathered
+        # with it rather than viewed: torch 2.11's inductor cannot lower a convolution whose bias is a view.
+        sub_pixel_major = torch.arange(out_ch * stride * stride).view(out_ch, stride * stride).t().flatten()
+        self.register_buffer("sub_pixel_major", sub_pixel_major, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s, c = self.stride, self.out_ch
         if s == 1:
             return self.act(self.conv(x))
         weight = self.conv.weight.unflatten(0, (c, s * s)).transpose(0, 1).flatten(0, 1)
-        bias = self.conv.bias.unflatten(0, (c, s * s)).transpose(0, 1).flatten()
+        bias = self.conv.bias[self.sub_pixel_major]
         y = F.conv2d(x, weight, bias, padding=self.conv.padding)  # [B, (i, j, c), H, W]
         n, _, h, w = y.shape
         y = y.unflatten(1, (s, s, c)).permute(0, 3, 4, 1, 5, 2).reshape(n, c, h * s, w * s)
