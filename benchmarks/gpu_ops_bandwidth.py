@@ -21,6 +21,7 @@ from hnerv_fast import ops
 from hnerv_fast.ops import _backends, grouped_grad_norms, patch_psnr, pixel_loss, reference, set_backend
 
 SHAPES = [(256, 3, 80, 160), (64, 3, 320, 320)]
+NORM_TOTALS = (1_200_000, 12_000_000, 120_000_000)  # gradient elements in the grouped-norm rows
 # Ideal traffic per pixel: psnr reads pred + target; Fusion6 forward reads both and writes 3 fp32 coefficient
 # maps; forward+backward also reads them back with both images and writes the gradient. bf16 pred: 2 B less
 # per pred read/write.
@@ -115,7 +116,7 @@ def bench_images(table: Table, device: torch.device, backends: list[str], pm) ->
             x = x32.to(dtype)
             tag = "f32" if dtype == torch.float32 else "bf16/f32"
             ref_psnr = reference.psnr(x, y)
-            xr = x.float().requires_grad_()
+            xr = x.detach().float().requires_grad_()  # a new leaf: x32 itself must not start requiring grad
             ref_loss = reference.pixel_loss(xr, y, "Fusion6")
             ref_loss.sum().backward()
             ref_loss, ref_grad = ref_loss.detach(), xr.grad
@@ -143,7 +144,7 @@ def bench_images(table: Table, device: torch.device, backends: list[str], pm) ->
 
 def bench_norms(table: Table, device: torch.device, backends: list[str]) -> None:
     """250 gradients with log-uniform sizes in 3 groups (the dual model's shape of problem), 3 totals."""
-    for total in (1_200_000, 12_000_000, 120_000_000):
+    for total in NORM_TOTALS:
         groups = log_uniform_groups(total, device)
         nbytes, name = 4 * sum(t.numel() for ts in groups.values() for t in ts), f"{total / 1e6:g}M/250t"
         ref = foreach_norms(groups)

@@ -1,0 +1,67 @@
+"""The op-bandwidth script of `make gpu-check` (benchmarks/gpu_ops_bandwidth.py) runs on a lent GPU only,
+where a Python error would cost device time: its row-building code runs here on CPU with the CPU backends,
+small shapes and a stand-in timer, and every row's accuracy column must show agreement with the reference."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from benchmarks import gpu_ops_bandwidth as script
+from hnerv_fast import ops
+
+
+@pytest.fixture
+def cpu_script(monkeypatch):
+    calls = []
+
+    def one_call_ms(fn, budget_s=0.25):  # the real timer needs CUDA events; the rows need only a time
+        calls.append(fn())
+        return 1.0
+
+    monkeypatch.setattr(script, "timeit_ms", one_call_ms)
+    monkeypatch.setattr(script, "SHAPES", [(3, 3, 20, 24)])
+    monkeypatch.setattr(script, "NORM_TOTALS", (5_000,))
+    yield script.Table(copy_gbs=1.0), [b for b in ("cpp", "reference") if b in ops.available_backends("cpu")], calls
+    ops.set_backend("auto")
+
+
+def _rows(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("OPS|")]
+
+
+def test_image_rows_for_every_backend_dtype_and_op(cpu_script, capsys):
+    table, backends, calls = cpu_script
+    pm = pytest.importorskip("pytorch_msssim")
+    script.bench_images(table, torch.device("cpu"), backends, pm)
+    rows = _rows(capsys.readouterr().out)
+    assert not [r for r in rows if "ERROR" in r], rows
+    for backend in backends:
+        for tag in ("f32", "bf16/f32"):
+            mine = [r for r in rows if f" {backend} {tag} " in r]
+            assert [r.split()[1] for r in mine] == ["psnr", "fusion6", "fusion6"], mine
+            psnr_err = float(re.search(r"max\|dPSNR\| (\S+) dB", mine[0]).group(1))
+            loss_err, grad_err = map(float, re.search(r"rel err loss (\S+) grad (\S+)", mine[2]).groups())
+            grad_tol = 1e-4 if tag == "f32" else 8e-3  # a bf16 prediction gets a bf16 gradient (8-bit mantissa)
+            assert psnr_err < 1e-3 and loss_err < 1e-4 and grad_err < grad_tol, mine
+    assert sum("pytorch-msssim" in r for r in rows) == 2 and calls
+
+
+def test_norm_rows_agree_with_foreach(cpu_script, capsys):
+    table, backends, _ = cpu_script
+    script.bench_norms(table, torch.device("cpu"), backends)
+    rows = _rows(capsys.readouterr().out)
+    assert [r.split()[4] for r in rows] == ["foreach", *backends], rows
+    for row in rows[1:]:
+        assert float(re.search(r"rel err (\S+)", row).group(1)) < 1e-5, row
+
+
+def test_a_backend_that_falls_back_is_an_error_row(cpu_script, capsys):
+    """`use` refuses a silent fallback: the row says ERROR and names the backend, the other rows still come."""
+    table, _, _ = cpu_script
+    with pytest.warns(RuntimeWarning, match="falling back"):
+        script.bench_norms(table, torch.device("cpu"), ["cuda", "reference"])
+    rows = _rows(capsys.readouterr().out)
+    assert any("cuda: ERROR RuntimeError: backend cuda fell back" in r for r in rows), rows
+    assert any(r.split()[4] == "reference" for r in rows), rows
