@@ -53,8 +53,8 @@ def test_short_run_gives_the_recorded_numbers(name, tmp_path):
         GOLDEN.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
     want = recorded[name]
     assert sorted(got) == sorted(want), f"tags differ: missing {sorted(set(want) - set(got))}, new {sorted(set(got) - set(want))}"
-    # oneDNN picks other kernels on another CPU (summation order): loose enough for that, far tighter than any
-    # change of the model or loss
+    # oneDNN picks other kernels on another CPU or torch version (summation order; torch 2.11 moved a cascade
+    # step's physics loss by 0.21 %): loose enough for that, far tighter than any change of the model or loss
     wrong = {tag: (got[tag], want[tag]) for tag in want
-             if not math.isclose(got[tag], want[tag], rel_tol=2e-3, abs_tol=1e-5)}
+             if not math.isclose(got[tag], want[tag], rel_tol=5e-3, abs_tol=1e-5)}
     assert not wrong, f"changed numbers (got, recorded): {wrong}"
