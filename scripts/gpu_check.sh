@@ -4,7 +4,7 @@
 #   bash scripts/gpu_check.sh [OUT_DIR]
 #   env: PY      python with CUDA torch (default: .venv/bin/python, else python3)
 #        WHEELS  folder of wheels to install first into a private site dir (machines without network;
-#                e.g. open_clip_torch, omegaconf, pytorch_msssim), default .whl when it exists
+#                e.g. open_clip_torch, omegaconf, pytorch_msssim), default .whl when it exists, empty: none
 #        BUDGET  seconds for everything after set-up (default 420)
 #        PARTS   which parts to run, default "tests ops dual cascade"
 #
@@ -22,7 +22,7 @@ mkdir -p "$OUT"
 PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 BUDGET=${BUDGET:-420}
 PARTS=${PARTS:-tests ops dual cascade}
-WHEELS=${WHEELS:-$([ -d .whl ] && echo .whl)}
+WHEELS=${WHEELS-$([ -d .whl ] && echo .whl)}  # set and empty: none
 unset TRITON_INTERPRET HNERV_FAST_OPS_BACKEND
 # kernels/ imported as hnerv_triton: an install maps that name; without one (NO_INSTALL=1) this link does
 LINKS=$(mktemp -d) && ln -s "$PWD/kernels" "$LINKS/hnerv_triton"
@@ -36,12 +36,18 @@ if [ -n "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
     "$WHEELS"/*.whl > "$OUT/wheels.log" 2>&1 || { say "FAIL: installing wheels from $WHEELS (see wheels.log)"; exit 1; }
   export PYTHONPATH="$PYTHONPATH:/tmp/hnerv_site"  # ahead of site-packages: a carried wheel replaces the machine's
 fi
+# torch first: it loads the libc10 / libtorch the extension links against (alone, the import always fails)
+if "$PY" -c "import torch, hnerv_fast._C, hnerv_fast._C_cuda" > "$OUT/build.log" 2>&1; then
+  say "extension: imports (built beforehand, e.g. by scripts/gpu_prebuild.sh)"; EXT_IMPORTS=1
+else
+  say "extension: does not import ($(tail -n 1 "$OUT/build.log"))"
+fi
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   say "no CUDA device visible to $PY: gpu-check needs a GPU (CPU checks: make test)"; exit 2
 fi
-if ! "$PY" -c "import hnerv_fast._C, hnerv_fast._C_cuda" > "$OUT/build.log" 2>&1; then
+if [ -z "${EXT_IMPORTS:-}" ]; then
   arch=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
-  say "building the extension in place for sm_${arch/./} ($(tail -n 1 "$OUT/build.log"))"
+  say "building the extension in place for sm_${arch/./}"
   CUDA_HOME=$(bash scripts/cuda_home.sh) TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS=$(nproc) FORCE_CUDA=1 \
     "$PY" setup.py build_ext --inplace >> "$OUT/build.log" 2>&1 ||
     { say "FAIL: extension build (build.log); the other parts still run (triton, reference)"; BUILD_FAILED=1; }

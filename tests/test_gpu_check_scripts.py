@@ -1,15 +1,36 @@
-"""The op-bandwidth script of `make gpu-check` (benchmarks/gpu_ops_bandwidth.py) runs on a lent GPU only,
-where a Python error would cost device time: its row-building code runs here on CPU with the CPU backends,
-small shapes and a stand-in timer, and every row's accuracy column must show agreement with the reference."""
+"""`make gpu-check` runs on a lent GPU only, where a mistake in its scripts costs device time: what of them
+can run on CPU runs here. The op-bandwidth rows (benchmarks/gpu_ops_bandwidth.py) run with the CPU backends,
+small shapes and a stand-in timer, and every row's accuracy column must show agreement with the reference;
+scripts/gpu_check.sh runs up to its no-GPU exit, past the extension probe."""
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from benchmarks import gpu_ops_bandwidth as script
 from hnerv_fast import ops
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the script runs the whole check")
+@pytest.mark.skipif(importlib.util.find_spec("hnerv_fast._C_cuda") is None, reason="CUDA extension not built")
+def test_gpu_check_finds_a_built_extension_then_stops_without_a_gpu(tmp_path):
+    """The probe must see an extension built beforehand (scripts/gpu_prebuild.sh), or the device would spend
+    minutes rebuilding it (or lose the cuda backend where it has no nvcc)."""
+    env = dict(os.environ, PY=sys.executable, WHEELS="", PARTS="")
+    proc = subprocess.run(["bash", "scripts/gpu_check.sh", str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    summary = (tmp_path / "summary.txt").read_text()
+    assert proc.returncode == 2 and "no CUDA device visible" in summary, proc.stdout + proc.stderr
+    assert "extension: imports" in summary, summary
 
 
 @pytest.fixture
