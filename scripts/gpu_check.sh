@@ -37,7 +37,9 @@ if [ -n "$WHEELS" ] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   export PYTHONPATH="$PYTHONPATH:/tmp/hnerv_site"  # ahead of site-packages: a carried wheel replaces the machine's
 fi
 # torch first: it loads the libc10 / libtorch the extension links against (alone, the import always fails)
-if "$PY" -c "import torch, hnerv_fast._C, hnerv_fast._C_cuda" > "$OUT/build.log" 2>&1; then
+if [ -f hnerv_fast/_C_prebuilt.sha ] && [ "$(cat hnerv_fast/_C_prebuilt.sha)" != "$(bash scripts/ext_sources_hash.sh)" ]; then
+  say "extension: prebuilt from other sources (csrc/ or setup.py changed since scripts/gpu_prebuild.sh)"
+elif "$PY" -c "import torch, hnerv_fast._C, hnerv_fast._C_cuda" > "$OUT/build.log" 2>&1; then
   say "extension: imports (built beforehand, e.g. by scripts/gpu_prebuild.sh)"; EXT_IMPORTS=1
 else
   say "extension: does not import ($(tail -n 1 "$OUT/build.log"))"
@@ -49,7 +51,7 @@ if [ -z "${EXT_IMPORTS:-}" ]; then
   arch=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
   say "building the extension in place for sm_${arch/./}"
   CUDA_HOME=$(bash scripts/cuda_home.sh) TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS=$(nproc) FORCE_CUDA=1 \
-    "$PY" setup.py build_ext --inplace >> "$OUT/build.log" 2>&1 ||
+    "$PY" setup.py build_ext --inplace >> "$OUT/build.log" 2>&1 && rm -f hnerv_fast/_C_prebuilt.sha ||
     { say "FAIL: extension build (build.log); the other parts still run (triton, reference)"; BUILD_FAILED=1; }
 fi
 "$PY" - > "$OUT/env.log" 2>&1 <<'EOF'
