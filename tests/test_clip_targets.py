@@ -67,6 +67,15 @@ def test_deterministic_and_rng_untouched(patches, targets, tmp_path):
     assert torch.allclose(again, emb, atol=1e-5)  # fresh model build, same seed -> same targets
 
 
+def test_random_init_leaves_the_cuda_generators_alone(monkeypatch):
+    """On a GPU machine the caller's CUDA random streams must survive a random-init CLIP build too."""
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
+    monkeypatch.setattr(torch.cuda, "manual_seed", reseeded.append)
+    load_clip_image_encoder(MODEL, None, "cpu")
+    assert not reseeded
+
+
 def test_bf16_targets_are_close_to_fp32_and_cached_apart(patches, targets, tmp_path):
     emb, _ = targets
     bf16 = clip_patch_targets(patches, model_name=MODEL, pretrained=None, cache_dir=tmp_path, amp="bf16")

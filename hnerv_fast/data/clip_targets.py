@@ -217,7 +217,9 @@ def load_clip_image_encoder(model_name: str, pretrained: str | None, device="cpu
         oc_logger.setLevel(max(old_level, logging.ERROR))  # silence "initialized randomly" warnings
         if checkpoint is None:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(RANDOM_INIT_SEED)
+                # the CPU generator only (open_clip builds on CPU, then moves): torch.manual_seed would also
+                # reseed every CUDA generator, which fork_rng(devices=[]) does not restore
+                torch.random.default_generator.manual_seed(RANDOM_INIT_SEED)
                 model = open_clip.create_model(name, pretrained=None, **kwargs)
         else:
             model = open_clip.create_model(name, pretrained=checkpoint, **kwargs)
