@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from hnerv_fast import ops
 from hnerv_fast.config import load_config
 from hnerv_fast.device import DeviceError
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
@@ -21,6 +22,14 @@ from tests.event_files import load_events, scalar_series
 SMALL = ["model.embed=pe_1.25_8", "model.fc_dim=16", "model.lower_width=8", "train.progress=false",
          "loss.pixel_loss_warmup_epochs=0", "data.num_frames=40"]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")
+
+
+def cudagraph_skips() -> int:
+    """How often inductor ran a reduce-overhead graph without CUDA graphs (it does so silently: a CPU
+    tensor, a mutated input, an op it cannot capture)."""
+    from torch._dynamo.utils import counters
+
+    return counters["inductor"]["cudagraph_skips"]
 
 
 def overwriting(fn):
@@ -141,6 +150,7 @@ def test_dual_reduce_overhead_matches_eager_without_copies_or_recompiles(dual_pa
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
+    skips_before = cudagraph_skips()
     # outputs are kept across later replays on purpose: train_step must hand back copies
     got = [graphs.train_step(*pair) for pair in steps[:3]]  # compile, warm up, record
     torch.cuda.synchronize()
@@ -151,6 +161,7 @@ def test_dual_reduce_overhead_matches_eager_without_copies_or_recompiles(dual_pa
         finally:
             torch.cuda.set_sync_debug_mode("default")
     growth = torch.cuda.max_memory_allocated() - base
+    assert cudagraph_skips() == skips_before, "reduce-overhead ran without CUDA graphs"
     want = [eager.train_step(*pair) for pair in steps]
     for (m_want, n_want), (m_got, n_got) in zip(want, got):
         assert torch.isfinite(m_got).all() and torch.isfinite(n_got).all()
@@ -180,6 +191,38 @@ def test_dual_reduce_overhead_predict_and_epoch(dual_pair, tmp_path):
 
 @pytest.mark.gpu
 @cuda
+def test_dual_reduce_overhead_with_the_triton_backend(tmp_path):
+    """The fixtures above run the cuda backend (auto's pick); the Triton kernels under CUDA graphs once failed
+    on a device (a cached tensor landed in the graphs' pool), so they get their own run against eager."""
+    import torch._dynamo
+
+    from tests.ops_backends import use_backend
+
+    use_backend("triton")
+    try:
+        (eager_task, eager), (task, graphs) = (dual(tmp_path / mode, "cuda", mode, "train.grad_accum_steps=2")
+                                               for mode in ("none", "reduce-overhead"))
+        for t in (eager_task, task):
+            t.begin_epoch(1)
+        steps = [task.train_batches(1)[i:i + 2] for i in range(0, 8, 2)]
+        skips_before = cudagraph_skips()
+        got = [graphs.train_step(*pair) for pair in steps[:3]]  # compile, warm up, record
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            got.append(graphs.train_step(*steps[3]))
+            predicted = task.predict(task.split_ids["val"])
+        assert cudagraph_skips() == skips_before, "reduce-overhead ran without CUDA graphs"
+        for (m_want, n_want), (m_got, n_got) in zip((eager.train_step(*pair) for pair in steps), got):
+            torch.testing.assert_close(m_got, m_want, rtol=2e-3, atol=1e-4)
+            torch.testing.assert_close(n_got, n_want, rtol=2e-3, atol=1e-4)
+        eager_task.model.load_state_dict(task.model.state_dict())
+        for a, b in zip(predicted, eager_task.predict(task.split_ids["val"])):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+    finally:
+        ops.set_backend("auto")
+
+
+@pytest.mark.gpu
+@cuda
 def test_cascade_reduce_overhead_trains_and_logs(tmp_path):
     import torch._dynamo
 
@@ -194,6 +237,7 @@ def test_cascade_reduce_overhead_trains_and_logs(tmp_path):
     data = load_cascade_data(cfg, device)
     task = CascadeStageTask(cfg, "stage_16", data, None, device)
     engine = Engine(task, cfg.stage_train("stage_16"), device, tmp_path)
+    skips_before = cudagraph_skips()
     with AsyncSummaryWriter(str(tmp_path / "tb")) as writer:
         task.writer = writer
         engine.cfg.stop_after = 1
@@ -201,6 +245,7 @@ def test_cascade_reduce_overhead_trains_and_logs(tmp_path):
         engine.cfg.stop_after = None
         with torch._dynamo.config.patch(error_on_recompile=True):
             engine.fit()  # replays; eval and DDIM sampling run between them
+    assert cudagraph_skips() == skips_before, "reduce-overhead ran without CUDA graphs"
     acc = load_events(tmp_path / "tb")
     for name in CascadeTags.STEP + CascadeTags.EPOCH + CascadeTags.PERF:
         values = [v for _, v in scalar_series(acc, CascadeTags.tag("stage_16", name))]
