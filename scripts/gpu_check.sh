@@ -98,11 +98,11 @@ fi
 if has dual; then
   part dual 150 env BENCH_CONFIG=configs/dual_hnerv_default.yaml "$PY" "${BENCH[@]}" benchmarks/test_train_step.py \
     -k "seed_style or hnerv_fast_step"
-  grep -E "^\[" "$OUT/dual.log" >> "$OUT/summary.txt"
+  grep -E "^\[" "$OUT/dual.log" | awk '!seen[$0]++' >> "$OUT/summary.txt"  # each time printed when taken, then in the final report
 fi
 if has cascade; then
   part cascade 120 "$PY" "${BENCH[@]}" benchmarks/test_cascade_step.py
-  grep -E "^\[" "$OUT/cascade.log" >> "$OUT/summary.txt"
+  grep -E "^\[" "$OUT/cascade.log" | awk '!seen[$0]++' >> "$OUT/summary.txt"
 fi
 say "done, status $status; logs in $OUT"
 exit $status
