@@ -81,8 +81,13 @@ def test_resume_path_with_equals_sign_is_still_a_path(tmp_path, clip_cache, caps
     assert str(bad) in line and "after the overrides" not in line, line
 
 
-def test_ctrl_c_during_fit_is_one_line_naming_the_checkpoints(tmp_path, clip_cache, capsys, monkeypatch):
+@pytest.mark.parametrize("saved", [False, True])
+def test_ctrl_c_during_fit_is_one_line_naming_the_checkpoints(tmp_path, clip_cache, capsys, monkeypatch, saved):
+    """With a checkpoint written it says where and to resume; before the first one, that there is nothing to
+    resume (the advice would fail: --resume finds no checkpoint)."""
     def interrupted_fit(self):
+        if saved:
+            self.save(["latest.pt"], 1)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(engine.Engine, "fit", interrupted_fit)
@@ -92,4 +97,5 @@ def test_ctrl_c_during_fit_is_one_line_naming_the_checkpoints(tmp_path, clip_cac
         pytest.fail("Ctrl-C escaped main() as a traceback")
     assert code == 130
     line = stderr_line(capsys)
-    assert line.startswith("interrupted: ") and f"{tmp_path}/out/" in line and "--resume" in line, line
+    assert line.startswith("interrupted: ") and f"{tmp_path}/out/" in line, line
+    assert ("continue with --resume" in line) == saved and ("nothing to resume" in line) != saved, line

@@ -57,8 +57,7 @@ def run(cfg, resume: str | None = None) -> Path:
                     engine.fit()
                     engine = next(fits, None)
         except KeyboardInterrupt:  # the writer has drained (its __exit__) by now
-            raise Interrupted(f"checkpoints written so far are in {plan.checkpoint_dir}; "
-                              f"continue with --resume") from None
+            raise Interrupted(_where_to_continue(plan.checkpoint_dir)) from None
         finally:
             for mirror in mirrors:  # after the writer drained into them
                 mirror.close()
@@ -66,6 +65,12 @@ def run(cfg, resume: str | None = None) -> Path:
             print(f"done: checkpoints in {plan.checkpoint_dir}\nTensorBoard logs: {plan.logdir}\n"
                   f"  view with: tensorboard --logdir {plan.view_dir or plan.logdir}")
         return plan.checkpoint_dir
+
+
+def _where_to_continue(checkpoint_dir: Path) -> str:
+    if any(checkpoint_dir.glob("*.pt")):  # what --resume would look for
+        return f"checkpoints written so far are in {checkpoint_dir}; continue with --resume"
+    return f"before the first checkpoint ({checkpoint_dir} holds none): nothing to resume, run the command again"
 
 
 def run_from_args(config: str, overrides: list[str], resume: str | None) -> int:
