@@ -32,6 +32,14 @@ def cudagraph_skips() -> int:
     return counters["inductor"]["cudagraph_skips"]
 
 
+def assert_steps_match(got, want) -> None:
+    """(metrics, grad norms) of each train_step under CUDA graphs against eager's: finite and close."""
+    for (m_got, n_got), (m_want, n_want) in zip(got, want, strict=True):
+        assert torch.isfinite(m_got).all() and torch.isfinite(n_got).all()
+        torch.testing.assert_close(m_got, m_want, rtol=2e-3, atol=1e-4)
+        torch.testing.assert_close(n_got, n_want, rtol=2e-3, atol=1e-4)
+
+
 def overwriting(fn):
     """`fn` as a CUDA graph returns it: outputs without autograd history land in buffers that every
     call reuses (a loss that needs backward passes through)."""
@@ -162,11 +170,7 @@ def test_dual_reduce_overhead_matches_eager_without_copies_or_recompiles(dual_pa
             torch.cuda.set_sync_debug_mode("default")
     growth = torch.cuda.max_memory_allocated() - base
     assert cudagraph_skips() == skips_before, "reduce-overhead ran without CUDA graphs"
-    want = [eager.train_step(*pair) for pair in steps]
-    for (m_want, n_want), (m_got, n_got) in zip(want, got):
-        assert torch.isfinite(m_got).all() and torch.isfinite(n_got).all()
-        torch.testing.assert_close(m_got, m_want, rtol=2e-3, atol=1e-4)
-        torch.testing.assert_close(n_got, n_want, rtol=2e-3, atol=1e-4)
+    assert_steps_match(got, [eager.train_step(*pair) for pair in steps])
     # optimizer state, workspaces and the graphs' pool, but no copy of the dataset
     assert growth < _dataset_bytes(task) / 2, (growth, _dataset_bytes(task))
 
@@ -211,9 +215,7 @@ def test_dual_reduce_overhead_with_the_triton_backend(tmp_path):
             got.append(graphs.train_step(*steps[3]))
             predicted = task.predict(task.split_ids["val"])
         assert cudagraph_skips() == skips_before, "reduce-overhead ran without CUDA graphs"
-        for (m_want, n_want), (m_got, n_got) in zip((eager.train_step(*pair) for pair in steps), got):
-            torch.testing.assert_close(m_got, m_want, rtol=2e-3, atol=1e-4)
-            torch.testing.assert_close(n_got, n_want, rtol=2e-3, atol=1e-4)
+        assert_steps_match(got, [eager.train_step(*pair) for pair in steps])
         eager_task.model.load_state_dict(task.model.state_dict())
         for a, b in zip(predicted, eager_task.predict(task.split_ids["val"])):
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
