@@ -5,7 +5,8 @@
 # PY: a python of the GPU machine's version with its torch (the lent machines: CPython 3.12, torch 2.11.0+cu130;
 # e.g. `python3.12 -m venv /tmp/venv312 && /tmp/venv312/bin/pip install torch==2.11.0`).
 # Writes hnerv_fast/_C.<tag>.so, hnerv_fast/_C_cuda.<tag>.so and the sources' stamp hnerv_fast/_C_prebuilt.sha
-# (all git-ignored) and prints their paths: carry them with .whl/. A torch that does not match makes the import fail there, and gpu_check.sh then builds.
+# (all git-ignored) and prints their paths: carry them with .whl/. A torch that does not match makes the import
+# fail there, and gpu_check.sh then builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:?usage: bash scripts/gpu_prebuild.sh PY, a python with the torch of the GPU machine}
