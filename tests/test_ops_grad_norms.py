@@ -203,7 +203,10 @@ def test_capture_on_cache_miss(gpu_backend):
     """Tensors first seen inside the capture: the recorded copy's pinned source stays alive; an
     eager call before any replay still sees a filled table; the entry is kept."""
     name, dev = gpu_backend, torch.device("cuda")
-    _warm_up(_groups(dev, seed=5))  # compile / load kernels for these dtypes first
+    warm = _groups(dev, seed=5)
+    _warm_up(warm)  # compile / load kernels for these dtypes first
+    # warm stays alive: freed, its blocks would come back to the new tensors at the same addresses, and
+    # the table cached for those pointers would be a hit (a correct one, but not the miss tested here)
     groups = _groups(dev, seed=6)
     _, m0, _, c0 = _cache_info(name)
     g = torch.cuda.CUDAGraph()

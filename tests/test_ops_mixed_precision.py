@@ -27,9 +27,11 @@ OPS = ["psnr", "L2", "Fusion6", "Fusion10"]
 NOISE = {torch.bfloat16: 4e-3, torch.float16: 5e-4}
 # bf16 / fp16 gradients: one rounding step of the largest gradient (relative to it)
 GRAD_TOL = {torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
-# float32 arithmetic on both sides; the SSIM kinds add 1 - SSIM, a float32 value near 1
+# float32 arithmetic on both sides; the SSIM kinds add 1 - SSIM, the float32 mean of up to 3 x 310 x 310
+# values near 1 per sample, summed in another order by each backend: 5 units in the last place of 1.0
+# (Triton at 64x3x320x320 on an H200 was 2.3 off; a rounded target is still over 80 of these off)
 OUT_RTOL = 2e-5
-OUT_ATOL = {"psnr": 1e-9, "L2": 1e-9, "Fusion6": 2e-7, "Fusion10": 2e-7}
+OUT_ATOL = {"psnr": 1e-9, "L2": 1e-9, "Fusion6": 6e-7, "Fusion10": 6e-7}
 
 
 def _mixed_pair(shape, dtype, device, noise, seed=0):
