@@ -67,6 +67,25 @@ def test_psnr_identical_and_gradcheck(backend):
     assert torch.autograd.gradcheck(patch_psnr, (xr, yr), fast_mode=backend[0] == "triton")
 
 
+def _unaligned(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of t that starts one element into its storage (not 16-byte aligned)."""
+    flat = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    flat[1:].copy_(t.flatten())
+    return flat[1:].view(t.shape)
+
+
+@pytest.mark.parametrize("pred_dtype", [torch.float32, torch.bfloat16])
+def test_psnr_of_inputs_that_start_unaligned(backend, pred_dtype):
+    """The CUDA kernel reads 16 bytes per load only where every sample starts aligned: a view one element into
+    its storage (of a size that would otherwise take that path) must fall back, not misread."""
+    _, dev = backend
+    x, y = _pair((3, 3, 16, 32), torch.float32, dev, seed=4)
+    x = x.to(pred_dtype)
+    for xs, ys in ((_unaligned(x), y), (x, _unaligned(y))):
+        assert xs.is_contiguous() and ys.is_contiguous()
+        torch.testing.assert_close(patch_psnr(xs, ys), reference.psnr(x.float(), y), rtol=2e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------
 # pixel losses
 # ------------------------------------------------------------------------------------------------

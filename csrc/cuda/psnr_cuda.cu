@@ -1,6 +1,8 @@
 // CUDA patch PSNR (schema and semantics: csrc/registration.cpp): per-sample partial sums of squares
 // (grid-stride, warp-shuffle block reduction), then a tiny finalize kernel (deterministic, no atomics).
-// x (the prediction) and y (the target) keep their own element types (dtype_pair.cuh).
+// x (the prediction) and y (the target) keep their own element types (dtype_pair.cuh). Where every sample
+// starts aligned, each thread reads 16 bytes of x per load (and the same count of y's elements): one
+// element per load reached 66 % of the H200's copy bandwidth in float32 and 48 % for a bf16 x.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -22,17 +24,30 @@ using namespace cuda_detail;
 // ----------------------------------------------------------------------------------------------
 // PSNR
 // ----------------------------------------------------------------------------------------------
-template <typename T, typename U, typename Acc>
+// V consecutive elements, read with one aligned load (two for a float y beside a 16-bit x).
+template <typename T, int V>
+struct alignas(sizeof(T) * V) Pack {
+  T v[V];
+};
+
+// V > 1 only where M % V == 0 and both inputs start aligned to their Pack (psnr_cuda checks).
+template <typename T, typename U, typename Acc, int V>
 __global__ void sse_partial_kernel(const T* __restrict__ x, const U* __restrict__ y, int64_t N, int64_t M,
                                    int nb, Acc* __restrict__ partial) {
   __shared__ Acc red[32];
+  const int64_t packs = M / V;
   for (int64_t n = blockIdx.y; n < N; n += gridDim.y) {
-    const T* xs = x + n * M;
-    const U* ys = y + n * M;
+    const auto* xs = reinterpret_cast<const Pack<T, V>*>(x + n * M);
+    const auto* ys = reinterpret_cast<const Pack<U, V>*>(y + n * M);
     Acc acc = 0;
-    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < M; i += int64_t(nb) * blockDim.x) {
-      const Acc d = static_cast<Acc>(xs[i]) - static_cast<Acc>(ys[i]);
-      acc += d * d;
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < packs; i += int64_t(nb) * blockDim.x) {
+      const Pack<T, V> a = xs[i];
+      const Pack<U, V> b = ys[i];
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const Acc d = static_cast<Acc>(a.v[k]) - static_cast<Acc>(b.v[k]);
+        acc += d * d;
+      }
     }
     acc = block_sum(acc, red);
     if (threadIdx.x == 0) partial[n * nb + blockIdx.x] = acc;
@@ -66,9 +81,12 @@ at::Tensor psnr_cuda(const at::Tensor& pred, const at::Tensor& target) {
     using T = typename decltype(xt)::type;
     using U = typename decltype(yt)::type;
     using Acc = at::opmath_type<T>;
+    constexpr int V = 16 / sizeof(T);
+    const bool packed = M % V == 0 && aligned(x.data_ptr(), sizeof(Pack<T, V>)) &&
+                        aligned(y.data_ptr(), sizeof(Pack<U, V>));
     const dim3 grid(nb, static_cast<unsigned>(grid_cap(N, 65535)));
-    sse_partial_kernel<T, U, Acc><<<grid, kThreads, 0, stream>>>(
-        x.data_ptr<T>(), y.data_ptr<U>(), N, M, nb, partial.data_ptr<Acc>());
+    auto* kernel = packed ? sse_partial_kernel<T, U, Acc, V> : sse_partial_kernel<T, U, Acc, 1>;
+    kernel<<<grid, kThreads, 0, stream>>>(x.data_ptr<T>(), y.data_ptr<U>(), N, M, nb, partial.data_ptr<Acc>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     psnr_finalize_kernel<Acc><<<grid_cap((N + kThreads - 1) / kThreads, 1024), kThreads, 0, stream>>>(
         partial.data_ptr<Acc>(), N, nb, M, out.data_ptr<Acc>());

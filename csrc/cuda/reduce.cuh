@@ -34,6 +34,8 @@ __device__ __forceinline__ Acc block_sum(Acc v, Acc* smem) {
 
 inline int64_t grid_cap(int64_t n, int64_t cap) { return std::max<int64_t>(1, std::min(n, cap)); }
 
+inline bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
 inline void check_cuda(const at::Tensor& t, const char* op) {
   TORCH_CHECK_VALUE(t.is_cuda(), op, " (CUDA): expected a CUDA tensor, got ", t.device());
 }
