@@ -5,14 +5,15 @@
 #   env: PY      python with CUDA torch (default: .venv/bin/python, else python3)
 #        WHEELS  folder of wheels to install first into a private site dir (machines without network;
 #                e.g. open_clip_torch, omegaconf, pytorch_msssim), default .whl when it exists, empty: none
-#        BUDGET  seconds for everything after set-up (default 420)
-#        PARTS   which parts to run, default "tests ops dual cascade"
+#        BUDGET  seconds for everything after set-up (default 460)
+#        PARTS   which parts to run, default "tests ops dual profile cascade"
 #
 # Parts (logs and a summary.txt in OUT_DIR):
 #   build    the C++/CUDA extension is built in place for this GPU when it does not import
 #   tests    every test marked `gpu` (both backends, CUDA graphs, no host sync, mixed precision), xdist-parallel
 #   ops      cuda vs triton vs reference vs pytorch-msssim, % of copy bandwidth (benchmarks/gpu_ops_bandwidth.py)
 #   dual     one training step of the dual default config: seed-style eager loop, eager, compiled, CUDA graphs
+#   profile  where that step's time goes, host or device, per compile mode (benchmarks/gpu_step_profile.py)
 #   cascade  one cascade stage_128 step (default size): eager, compiled, CUDA graphs
 # Exit status: 0 when every part passed, 1 otherwise, 2 when there is no CUDA device.
 set -uo pipefail
@@ -20,8 +21,8 @@ cd "$(dirname "$0")/.."
 OUT=${1:-$(mktemp -d -t gpu_check_XXXX)}
 mkdir -p "$OUT"
 PY=${PY:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
-BUDGET=${BUDGET:-420}
-PARTS=${PARTS:-tests ops dual cascade}
+BUDGET=${BUDGET:-460}
+PARTS=${PARTS:-tests ops dual profile cascade}
 WHEELS=${WHEELS-$([ -d .whl ] && echo .whl)}  # set and empty: none
 unset TRITON_INTERPRET HNERV_FAST_OPS_BACKEND
 # kernels/ imported as hnerv_triton: an install maps that name; without one (NO_INSTALL=1) this link does
@@ -72,16 +73,16 @@ say "set-up done"
 T1=$(date +%s)
 status=${BUILD_FAILED:-0}
 left() { echo $(( BUDGET - ($(date +%s) - T1) )); }
-# Each part's share of the default 420 s budget (H200, first run: tests 114 s, ops 12 s, dual 50 s, cascade
+# Each part's share of the default 460 s budget (H200, first run: tests 114 s, ops 12 s, dual 50 s, cascade
 # about 180 s, most of it compiling). A part may use what is left less the shares of the parts after it, so
 # time one leaves over goes to the next, but a slow part cannot starve the others (a part cut short still
 # logs what it finished: tests and timings are printed as they end).
-declare -A SHARE=([tests]=130 [ops]=30 [dual]=80 [cascade]=180)
+declare -A SHARE=([tests]=130 [ops]=30 [dual]=80 [profile]=40 [cascade]=180)
 reserved=0; for p in $PARTS; do reserved=$(( reserved + ${SHARE[$p]:-0} )); done
 part() {  # part NAME command...
   local name=$1; shift
   reserved=$(( reserved - ${SHARE[$name]} ))
-  local t=$(( $(left) - reserved * BUDGET / 420 ))
+  local t=$(( $(left) - reserved * BUDGET / 460 ))
   if [ "$t" -lt 20 ]; then say "SKIP $name: out of time budget"; status=1; return; fi
   timeout -k 10 "$t" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
@@ -111,6 +112,10 @@ if has dual; then
   part dual env BENCH_CONFIG=configs/dual_hnerv_default.yaml "$PY" "${BENCH[@]}" benchmarks/test_train_step.py \
     -k "seed_style or hnerv_fast_step"
   grep -E "^\[" "$OUT/dual.log" | awk '!seen[$0]++' >> "$OUT/summary.txt"  # each time printed when taken, then in the final report
+fi
+if has profile; then
+  part profile "$PY" -m benchmarks.gpu_step_profile
+  grep -h "^PROF|" "$OUT/profile.log" >> "$OUT/summary.txt"
 fi
 if has cascade; then
   part cascade "$PY" "${BENCH[@]}" benchmarks/test_cascade_step.py
