@@ -2,10 +2,10 @@
 
     python -m benchmarks.gpu_step_profile        (a GPU; on a CPU it runs too, host rows only)
 
-For the dual default config in fp32, compile none / default / reduce-overhead: wall time per step, the device's
-busy time per step (the sum of its kernels' times) and the largest host ops (self CPU time) and kernels. On an
-H200 the compiled step took 5.9 ms and the CUDA-graph one 2.7 ms: a wall time well above the busy time is
-host-bound, and the host rows say what to cut. Every line starts with "PROF|".
+For the dual default config, compile none / default / reduce-overhead in fp32 and reduce-overhead in bf16:
+wall time per step, the device's busy time per step (the sum of its kernels' times) and the largest host ops
+(self CPU time) and kernels. On an H200 the compiled fp32 step took 5.9 ms and the CUDA-graph one 2.7 ms: a wall
+time well above the busy time is host-bound, and the host rows say what to cut. Every line starts with "PROF|".
 """
 from __future__ import annotations
 
@@ -25,19 +25,20 @@ from hnerv_fast.train.engine import Engine, seed_everything
 from hnerv_fast.train.tasks.dual_hnerv import DualHNeRVTask
 
 CONFIG = os.environ.get("BENCH_CONFIG", "configs/dual_hnerv_default.yaml")
-MODES = ("none", "default", "reduce-overhead")
+# (train.compile, train.amp)
+MODES = (("none", "none"), ("default", "none"), ("reduce-overhead", "none"), ("reduce-overhead", "bf16"))
 WARMUP, STEPS, TOP = 6, 10, 12
 
 
-def _engine(mode: str, device: torch.device, tmp: str, overrides: list[str]) -> tuple[DualHNeRVTask, Engine]:
+def _engine(mode: str, amp: str, device: torch.device, tmp: str, overrides: list[str]) -> tuple[DualHNeRVTask, Engine]:
     # the overrides of benchmarks/test_train_step.py: the same graphs, so inductor's cache from gpu-check's
     # dual part serves this one
     cfg = load_config(CONFIG, [f"clip.cache_dir={tmp}/clip", "train.progress=false",
-                               "loss.pixel_loss_warmup_epochs=0", f"train.compile={mode}", "train.amp=none",
+                               "loss.pixel_loss_warmup_epochs=0", f"train.compile={mode}", f"train.amp={amp}",
                                *overrides])
     seed_everything(cfg.train.seed, deterministic=False)
     task = DualHNeRVTask(cfg, device)
-    engine = Engine(task, cfg.train, device, f"{tmp}/ckpt_{mode}")
+    engine = Engine(task, cfg.train, device, f"{tmp}/ckpt_{mode}_{amp}")
     task.begin_epoch(1)
     return task, engine
 
@@ -51,9 +52,10 @@ def _steps(task: DualHNeRVTask, engine: Engine, n: int) -> None:
         torch.cuda.synchronize()
 
 
-def profile_mode(mode: str, device: torch.device, tmp: str, overrides: list[str] = ()) -> None:
-    task, engine = _engine(mode, device, tmp, list(overrides))
-    with AsyncSummaryWriter(f"{tmp}/tb_{mode}") as writer:
+def profile_mode(mode: str, amp: str, device: torch.device, tmp: str, overrides: list[str] = ()) -> None:
+    task, engine = _engine(mode, amp, device, tmp, list(overrides))
+    name = f"{mode}/{engine.amp}"
+    with AsyncSummaryWriter(f"{tmp}/tb_{mode}_{amp}") as writer:
         task.writer = writer
         _steps(task, engine, WARMUP)  # compile, CUDA-graph warm-up and record
         start = time.perf_counter()
@@ -66,27 +68,28 @@ def profile_mode(mode: str, device: torch.device, tmp: str, overrides: list[str]
     kernels = [e for e in events if e.device_type == DeviceType.CUDA]
     busy_us = sum(e.self_device_time_total for e in kernels) / STEPS
     host = [e for e in events if e.device_type == DeviceType.CPU]
-    print(f"PROF| {mode:16s} wall {wall_us:8.0f} us/step   device busy {busy_us:8.0f} us/step   "
+    print(f"PROF| {name:20s} wall {wall_us:8.0f} us/step   device busy {busy_us:8.0f} us/step   "
           f"kernels {sum(e.count for e in kernels) / STEPS:5.0f}/step", flush=True)
     for e in sorted(host, key=lambda e: -e.self_cpu_time_total)[:TOP]:
-        print(f"PROF| {mode:16s}   host   {e.self_cpu_time_total / STEPS:7.0f} us  x{e.count / STEPS:5.1f}  {e.key[:90]}")
+        print(f"PROF| {name:20s}   host   {e.self_cpu_time_total / STEPS:7.0f} us  x{e.count / STEPS:5.1f}  "
+              f"{e.key[:90]}")
     for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:TOP]:
-        print(f"PROF| {mode:16s}   kernel {e.self_device_time_total / STEPS:7.0f} us  x{e.count / STEPS:5.1f}  "
+        print(f"PROF| {name:20s}   kernel {e.self_device_time_total / STEPS:7.0f} us  x{e.count / STEPS:5.1f}  "
               f"{e.key[:90]}")
 
 
 def main(modes=MODES, overrides: list[str] = ()) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(f"PROF| {name}: dual config {CONFIG}, fp32, {STEPS} steps after {WARMUP}", flush=True)
+    print(f"PROF| {name}: dual config {CONFIG}, {STEPS} steps after {WARMUP}", flush=True)
     failed = 0
     with tempfile.TemporaryDirectory() as tmp:
-        for mode in modes:
+        for mode, amp in modes:
             try:
-                profile_mode(mode, device, tmp, overrides)
+                profile_mode(mode, amp, device, tmp, overrides)
             except Exception as exc:  # one mode's failure must not hide the others
                 failed += 1
-                print(f"PROF| {mode:16s} ERROR {type(exc).__name__}: {exc}", flush=True)
+                print(f"PROF| {mode}/{amp} ERROR {type(exc).__name__}: {exc}", flush=True)
                 traceback.print_exc()
     return 1 if failed else 0
 

@@ -78,7 +78,8 @@ def test_seed_style_eager_loop(benchmark, setup):
 # (train.compile, train.amp). amp=auto is bf16 on a CPU with native bf16 and fp32 on a GPU (precision.py), so a
 # GPU names bf16 itself; each compiled mode is a cold compile, so on a GPU (gpu-check's share is ~2 minutes)
 # the one least needed comes last: times are printed as they are taken, and a cut-short part keeps the rest.
-MODES = ([("none", "none"), ("none", "bf16"), ("default", "none"), ("reduce-overhead", "none"), ("default", "bf16")]
+MODES = ([("none", "none"), ("none", "bf16"), ("default", "none"), ("reduce-overhead", "none"), ("reduce-overhead", "bf16"),
+          ("default", "bf16")]
          if torch.cuda.is_available() else [("none", "none"), ("none", "auto"), ("default", "none"), ("default", "auto")])
 
 

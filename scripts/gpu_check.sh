@@ -77,7 +77,7 @@ left() { echo $(( BUDGET - ($(date +%s) - T1) )); }
 # about 180 s, most of it compiling). A part may use what is left less the shares of the parts after it, so
 # time one leaves over goes to the next, but a slow part cannot starve the others (a part cut short still
 # logs what it finished: tests and timings are printed as they end).
-declare -A SHARE=([tests]=130 [ops]=30 [dual]=80 [profile]=40 [cascade]=180)
+declare -A SHARE=([tests]=125 [ops]=25 [dual]=80 [profile]=50 [cascade]=180)
 reserved=0; for p in $PARTS; do reserved=$(( reserved + ${SHARE[$p]:-0} )); done
 part() {  # part NAME command...
   local name=$1; shift

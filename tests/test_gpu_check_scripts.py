@@ -98,10 +98,10 @@ def test_step_profile_rows_on_cpu(monkeypatch, capsys):
     monkeypatch.setattr(profile_script, "CONFIG", "configs/dual_hnerv_tiny.yaml")
     monkeypatch.setattr(profile_script, "WARMUP", 1)
     monkeypatch.setattr(profile_script, "STEPS", 2)
-    assert profile_script.main(("none",), ["train.batch_size=4"]) == 0
+    assert profile_script.main((("none", "none"),), ["train.batch_size=4"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("PROF|")]
-    summary = next(r for r in rows if r[1] == "none" and r[2] == "wall")
+    summary = next(r for r in rows if r[1] == "none/none" and r[2] == "wall")
     assert float(summary[3]) > 0 and float(summary[7]) == 0  # no device on this machine
-    host = [r for r in rows if r[1:3] == ["none", "host"]]
+    host = [r for r in rows if r[1:3] == ["none/none", "host"]]
     assert len(host) == profile_script.TOP and not [r for r in rows if r[2] == "kernel"]
     assert any("Optimizer.step" in " ".join(r) for r in host), host
