@@ -58,7 +58,8 @@ def test_compile_auto_on_cpu_only_for_runs_that_pay_it_back():
 
     assert resolve_compile_mode("auto", CPU, CPU_COMPILE_MIN_STEPS - 1) == "none"
     assert resolve_compile_mode("auto", CPU, CPU_COMPILE_MIN_STEPS) == "default"
-    assert resolve_compile_mode("auto", GPU, 1) == "default"
+    assert resolve_compile_mode("auto", GPU, 1) == "reduce-overhead"  # CUDA graphs on one GPU
+    assert resolve_compile_mode("auto", GPU, 1, world_size=2) == "default"  # not yet run with DDP on a device
     assert resolve_compile_mode("none", CPU, 10**6) == "none"
     assert resolve_compile_mode("reduce-overhead", GPU, 1) == "reduce-overhead"
 

@@ -40,7 +40,9 @@ class EngineConfig:
     batch_size: int = 32
     lr: float = 1e-3
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    compile: str = "auto"  # auto (GPU: default; CPU: default for runs of >= 1500 steps) | none | default | max-autotune | reduce-overhead
+    # auto (one GPU: reduce-overhead; DDP: default; CPU: default for runs of >= 1500 steps) | none | default |
+    # max-autotune | reduce-overhead
+    compile: str = "auto"
     amp: str = "auto"  # auto | none | bf16 | fp16 (fp16: GPU + GradScaler); see hnerv_fast/precision.py
     seed: int = 1
     deterministic: bool = False
