@@ -7,6 +7,7 @@ and is safe to capture in a CUDA graph.
 """
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict
 from typing import List, Tuple
 
@@ -91,16 +92,19 @@ class TableCache:
         self.misses = 0
 
     def get(self, tensors: List[torch.Tensor], groups: List[int], num_groups: int) -> Table:
+        """The table of contiguous `tensors`; they are checked on a miss only (a hit is a signature checked
+        before): per-tensor Python was most of a call's host time, which bounds the op at small sizes."""
         device = tensors[0].device
         capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-        key = (device, num_groups, tuple(groups), tuple(t.data_ptr() for t in tensors),
-               tuple(t.numel() for t in tensors), tuple(t.dtype for t in tensors))
+        key = (device, num_groups, tuple(groups), tuple(map(torch.Tensor.data_ptr, tensors)),
+               tuple(map(torch.Tensor.numel, tensors)), tuple(map(_DTYPE, tensors)))
         table = self.entries.get(key)
         if table is not None:
             self.hits += 1
             self.entries.move_to_end(key)
             table.use(capturing)
             return table
+        _check(tensors, groups, num_groups)
         self.misses += 1
         table = _build(tensors, groups, num_groups, device, capturing)
         self.entries[key] = table
@@ -115,6 +119,20 @@ class TableCache:
     def info(self) -> Tuple[int, int, int, int]:
         """(hits, misses, entries, captured entries)."""
         return self.hits, self.misses, len(self.entries), sum(t.captured for t in self.entries.values())
+
+
+_DTYPE = operator.attrgetter("dtype")
+
+
+def _check(tensors: List[torch.Tensor], groups: List[int], num_groups: int) -> None:
+    device = tensors[0].device
+    for i, (t, g) in enumerate(zip(tensors, groups)):
+        if not 0 <= g < num_groups:
+            raise ValueError(f"grouped_norms: group id {g} out of range [0, {num_groups})")
+        if t.dtype not in _TL:
+            raise ValueError(f"grouped_norms: unsupported dtype {t.dtype}")
+        if t.device != device:
+            raise ValueError(f"grouped_norms (triton): tensor {i} is on {t.device}, expected {device}")
 
 
 def _build(tensors, groups, num_groups, device, capturing) -> Table:
@@ -164,14 +182,7 @@ def grouped_norms(tensors: List[torch.Tensor], groups: List[int], num_groups: in
     if not tensors:
         raise ValueError("grouped_norms: no tensors")
     device = tensors[0].device
-    for i, (t, g) in enumerate(zip(tensors, groups)):
-        if not 0 <= g < num_groups:
-            raise ValueError(f"grouped_norms: group id {g} out of range [0, {num_groups})")
-        if t.dtype not in _TL:
-            raise ValueError(f"grouped_norms: unsupported dtype {t.dtype}")
-        if t.device != device:
-            raise ValueError(f"grouped_norms (triton): tensor {i} is on {t.device}, expected {device}")
-    keep = [t.contiguous() for t in tensors]
+    keep = list(map(torch.Tensor.contiguous, tensors))
     table = _cache.get(keep, groups, num_groups)
     out = torch.empty(1 + num_groups, dtype=torch.float32, device=device)
     part = torch.empty(max(1, table.nchunks), dtype=torch.float32, device=device)

@@ -133,6 +133,22 @@ def test_table_cache_hits_misses_and_bound():
     assert t1.dev[3 * n:].tolist() == [0, 3, 4]
 
 
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_table_cache_checks_every_new_signature():
+    """Only a miss checks the tensors (a hit repeats a checked signature), and a failed check caches nothing."""
+    from hnerv_triton.grad_norm import TableCache
+
+    cache = TableCache()
+    for _ in range(2):
+        with pytest.raises(ValueError, match="group id 1 out of range"):
+            cache.get([torch.randn(3)], [1], 1)
+    with pytest.raises(ValueError, match="unsupported dtype torch.int32"):
+        cache.get([torch.randn(3), torch.zeros(3, dtype=torch.int32)], [0, 0], 1)
+    with pytest.raises(ValueError, match="tensor 1 is on meta"):
+        cache.get([torch.randn(3), torch.empty(3, device="meta")], [0, 0], 1)
+    assert cache.info() == (0, 0, 0, 0)
+
+
 def test_cache_reuses_table_for_same_tensors(caching_backend):
     name, dev = caching_backend
     groups = _groups(dev, seed=3)
