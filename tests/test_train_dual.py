@@ -155,6 +155,26 @@ def test_checkpoints_and_config_written(tiny_dual_run):
     assert not list(out.glob("*.tmp"))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_defaults_on_one_gpu_train_with_cuda_graphs(tmp_path, clip_cache):
+    """What a user on one GPU gets from the defaults (`train.compile=auto`: CUDA graphs; `amp=auto`): the run ends
+    with every epoch's tags finite, the model learning, evaluations written and checkpoints that load."""
+    from tests.test_cuda_graphs import cudagraph_skips
+
+    skips = cudagraph_skips()
+    cfg = load_config(TINY, overrides(tmp_path, clip_cache, "train.device=cuda", "train.epochs=6",
+                                      "loss.pixel_loss_warmup_epochs=2"))  # the CLIP loss switches on too
+    out = run(cfg)
+    assert cudagraph_skips() == skips, "the default GPU run fell back from CUDA graphs"
+    acc = load_events(out / "tensorboard")
+    for tag in (T.TRAIN_PSNR, T.TOTAL_LOSS, T.GRAD_TOTAL, T.LR):
+        assert steps(acc, tag) == list(range(1, 7)) and all(math.isfinite(v) for v in values(acc, tag)), tag
+    assert values(acc, T.TRAIN_PSNR)[-1] > values(acc, T.TRAIN_PSNR)[0] + 3.0  # 14.9 -> 21.4 dB on a CPU
+    assert 6 in steps(acc, "Eval/Frame/val_psnr")
+    assert ckpt.load(out / "latest.pt")["epoch"] == 6 and (out / "best.pt").is_file()
+
+
 def _weights(out: Path) -> dict[str, torch.Tensor]:
     return ckpt.load(out / "latest.pt")["model_state_dict"]
 
