@@ -2,8 +2,8 @@
 
     python -m benchmarks.gpu_step_profile        (a GPU; on a CPU it runs too, host rows only)
 
-For the dual default config, compile none / default / reduce-overhead in fp32 and reduce-overhead in bf16:
-wall time per step, the device's busy time per step (the sum of its kernels' times) and the largest host ops
+For the dual default config, compile none / default / reduce-overhead in fp32, reduce-overhead in bf16 and the
+whole step as one CUDA graph (`train.graph_step`): wall time per step, the device's busy time per step (the sum of its kernels' times) and the largest host ops
 (self CPU time) and kernels. On an H200 the compiled fp32 step took 5.9 ms and the CUDA-graph one 2.7 ms: a wall
 time well above the busy time is host-bound, and the host rows say what to cut. Every line starts with "PROF|".
 """
@@ -25,20 +25,23 @@ from hnerv_fast.train.engine import Engine, seed_everything
 from hnerv_fast.train.tasks.dual_hnerv import DualHNeRVTask
 
 CONFIG = os.environ.get("BENCH_CONFIG", "configs/dual_hnerv_default.yaml")
-# (train.compile, train.amp)
-MODES = (("none", "none"), ("default", "none"), ("reduce-overhead", "none"), ("reduce-overhead", "bf16"))
+# (train.compile, train.amp, train.graph_step)
+MODES = (("none", "none", False), ("default", "none", False), ("reduce-overhead", "none", False),
+         ("reduce-overhead", "bf16", False), ("default", "none", True))
 WARMUP, STEPS, TOP = 6, 10, 12
 
 
-def _engine(mode: str, amp: str, device: torch.device, tmp: str, overrides: list[str]) -> tuple[DualHNeRVTask, Engine]:
+def _engine(mode: str, amp: str, graph_step: bool, device: torch.device, tmp: str,
+            overrides: list[str]) -> tuple[DualHNeRVTask, Engine]:
     # the overrides of benchmarks/test_train_step.py: the same graphs, so inductor's cache from gpu-check's
     # dual part serves this one
     cfg = load_config(CONFIG, [f"clip.cache_dir={tmp}/clip", "train.progress=false",
                                "loss.pixel_loss_warmup_epochs=0", f"train.compile={mode}", f"train.amp={amp}",
+                               f"train.graph_step={str(graph_step).lower()}",
                                *overrides])
     seed_everything(cfg.train.seed, deterministic=False)
     task = DualHNeRVTask(cfg, device)
-    engine = Engine(task, cfg.train, device, f"{tmp}/ckpt_{mode}_{amp}")
+    engine = Engine(task, cfg.train, device, f"{tmp}/ckpt_{mode}_{amp}_{graph_step}")
     task.begin_epoch(1)
     return task, engine
 
@@ -52,10 +55,11 @@ def _steps(task: DualHNeRVTask, engine: Engine, n: int) -> None:
         torch.cuda.synchronize()
 
 
-def profile_mode(mode: str, amp: str, device: torch.device, tmp: str, overrides: list[str] = ()) -> None:
-    task, engine = _engine(mode, amp, device, tmp, list(overrides))
-    name = f"{mode}/{engine.amp}"
-    with AsyncSummaryWriter(f"{tmp}/tb_{mode}_{amp}") as writer:
+def profile_mode(mode: str, amp: str, graph_step: bool, device: torch.device, tmp: str,
+                 overrides: list[str] = ()) -> None:
+    task, engine = _engine(mode, amp, graph_step, device, tmp, list(overrides))
+    name = f"{mode}/{engine.amp}" + ("/step" if engine.step_graph is not None else "")
+    with AsyncSummaryWriter(f"{tmp}/tb_{mode}_{amp}_{graph_step}") as writer:
         task.writer = writer
         _steps(task, engine, WARMUP)  # compile, CUDA-graph warm-up and record
         start = time.perf_counter()
@@ -84,9 +88,9 @@ def main(modes=MODES, overrides: list[str] = ()) -> int:
     print(f"PROF| {name}: dual config {CONFIG}, {STEPS} steps after {WARMUP}", flush=True)
     failed = 0
     with tempfile.TemporaryDirectory() as tmp:
-        for mode, amp in modes:
+        for mode, amp, graph_step in modes:
             try:
-                profile_mode(mode, amp, device, tmp, overrides)
+                profile_mode(mode, amp, graph_step, device, tmp, overrides)
             except Exception as exc:  # one mode's failure must not hide the others
                 failed += 1
                 print(f"PROF| {mode}/{amp} ERROR {type(exc).__name__}: {exc}", flush=True)

@@ -45,9 +45,10 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _fast_engine(cfg, device, tmp, compile_mode="none", amp="none"):
+def _fast_engine(cfg, device, tmp, compile_mode="none", amp="none", graph_step=False):
     cfg.train.compile = compile_mode
     cfg.train.amp = amp
+    cfg.train.graph_step = graph_step
     task = DualHNeRVTask(cfg, device)
     engine = Engine(task, cfg.train, device, tmp / "ckpt")
     task.begin_epoch(1)
@@ -75,24 +76,28 @@ def test_seed_style_eager_loop(benchmark, setup):
     record_ratio("train step", "seed-style eager", benchmark)
 
 
-# (train.compile, train.amp). amp=auto is bf16 on a CPU with native bf16 and fp32 on a GPU (precision.py), so a
-# GPU names bf16 itself; each compiled mode is a cold compile, so on a GPU (gpu-check's share is ~2 minutes)
-# the one least needed comes last: times are printed as they are taken, and a cut-short part keeps the rest.
-MODES = ([("none", "none"), ("none", "bf16"), ("default", "none"), ("reduce-overhead", "none"), ("reduce-overhead", "bf16"),
-          ("default", "bf16")]
-         if torch.cuda.is_available() else [("none", "none"), ("none", "auto"), ("default", "none"), ("default", "auto")])
+# (train.compile, train.amp, train.graph_step). amp=auto is bf16 on a CPU with native bf16 and fp32 on a GPU
+# (precision.py), so a GPU names bf16 itself; each compiled mode is a cold compile, so on a GPU (gpu-check's
+# share is ~1.5 minutes) the one least needed comes last: times are printed as they are taken, and a cut-short
+# part keeps the rest. graph_step (the whole step as one CUDA graph) is GPU-only.
+MODES = ([("none", "none", False), ("none", "bf16", False), ("default", "none", False),
+          ("reduce-overhead", "none", False), ("default", "none", True), ("reduce-overhead", "bf16", False),
+          ("default", "bf16", True), ("default", "bf16", False)]
+         if torch.cuda.is_available() else
+         [("none", "none", False), ("none", "auto", False), ("default", "none", False), ("default", "auto", False)])
 
 
-@pytest.mark.parametrize("compile_mode, amp", MODES)
-def test_hnerv_fast_step(benchmark, setup, compile_mode, amp):
+@pytest.mark.parametrize("compile_mode, amp, graph_step", MODES)
+def test_hnerv_fast_step(benchmark, setup, compile_mode, amp, graph_step):
     cfg, device, tmp = setup
-    task, engine = _fast_engine(cfg, device, tmp, compile_mode, amp)
+    task, engine = _fast_engine(cfg, device, tmp, compile_mode, amp, graph_step)
     batches = task.train_batches(1)[:STEPS]
     with AsyncSummaryWriter(str(tmp / f"fast_tb_{compile_mode}")) as writer:
         task.writer = writer
         _fast_epoch(task, engine, batches, device, log=True)  # warm-up (and compile)
         benchmark.pedantic(_fast_epoch, args=(task, engine, batches, device, True), rounds=3, iterations=1)
-    record_ratio("train step", f"hnerv_fast compile={compile_mode} amp={engine.amp}", benchmark)
+    whole = " graph_step" if engine.step_graph is not None else ""
+    record_ratio("train step", f"hnerv_fast compile={compile_mode} amp={engine.amp}{whole}", benchmark)
 
 
 @pytest.mark.parametrize("logger", ["off", "async", "sync"])

@@ -97,6 +97,29 @@ def test_accumulated_metrics_survive_the_next_micro_batch(tmp_path):
         torch.testing.assert_close(n_graph, n_eager, rtol=0, atol=0)
 
 
+def test_step_graph_signature_is_shapes_and_host_fields():
+    """train.graph_step keeps one graph per signature: batch values may change, shapes and host fields may not."""
+    from hnerv_fast.train.engine import Batch
+    from hnerv_fast.train.step_graph import signature
+
+    def batch(n, fill=1.0):
+        return Batch(ids=torch.arange(n), weight=torch.full((n,), fill))
+
+    assert signature([batch(4)]) == signature([batch(4, fill=0.5)])
+    assert signature([batch(4)]) == (((4,), (4,), (), 0, 4, 4),)
+    assert signature([batch(4)]) != signature([batch(5)])
+    assert signature([batch(4)]) != signature([batch(4), batch(4)])
+    assert signature([batch(4)]) != signature([Batch(ids=torch.arange(4), weight=torch.ones(4), offset=4)])
+
+
+def test_graph_step_without_a_gpu_warns_and_trains(tmp_path, capsys):
+    task, engine = dual(tmp_path, "cpu", "none", "train.graph_step=true")
+    assert engine.step_graph is None
+    assert "train.graph_step needs one CUDA device; on a CPU the step runs without it" in capsys.readouterr().out
+    metrics, norms = engine.train_step(task.train_batches(1)[0])
+    assert torch.isfinite(metrics).all() and torch.isfinite(norms).all()
+
+
 @pytest.mark.slow  # CPU inductor compile of the eval function
 def test_compiled_predict_equals_eager_across_chunks(tmp_path):
     task, _ = dual(tmp_path, "cpu", "default")  # the engine compiled task._eval_batch
@@ -226,13 +249,50 @@ def test_dual_reduce_overhead_with_the_triton_backend(tmp_path):
 
 @pytest.mark.gpu
 @cuda
-def test_cascade_reduce_overhead_trains_and_logs(tmp_path):
+@pytest.mark.parametrize("compile_mode", ["none", "reduce-overhead"])
+def test_dual_graph_step_matches_eager_then_trains(tmp_path, compile_mode):
+    """train.graph_step: after 3 eager warm-up steps the 4th is captured, and every step from then on replays
+    the whole optimizer step as one graph: equal to eager step by step, no host sync while replaying, outputs
+    that outlive the next replay; then whole epochs with evaluation run on it."""
+    extra = ("train.grad_accum_steps=2", "data.num_frames=80", "train.device=cuda")
+    eager_task, eager = dual(tmp_path / "eager", "cuda", "none", *extra)
+    task, graphs = dual(tmp_path / "graph", "cuda", compile_mode, *extra, "train.graph_step=true")
+    assert graphs.step_graph is not None
+    for t in (eager_task, task):
+        t.begin_epoch(1)
+    batches = task.train_batches(1)
+    steps = [batches[i:i + 2] for i in range(0, 16, 2)]
+    got = [graphs.train_step(*pair) for pair in steps[:4]]  # warm-up x3, capture (+ replay)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got += [graphs.train_step(*pair) for pair in steps[4:]]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(graphs.step_graph.graphs) == 1
+    assert_steps_match(got, [eager.train_step(*pair) for pair in steps])
+    graphs.cfg.epochs = graphs.cfg.stop_after = 2
+    with AsyncSummaryWriter(str(tmp_path / "tb")) as writer:
+        task.writer = writer
+        graphs.fit()
+    acc = load_events(tmp_path / "tb")
+    for tag in ("Train/PSNR", "Train/Loss/total_loss", "Train/Gradients/total_norm"):
+        values = [v for _, v in scalar_series(acc, tag)]
+        assert len(values) == 2 and all(math.isfinite(v) for v in values), tag
+    assert [s for s, _ in scalar_series(acc, "Eval/Frame/val_psnr")] == [2]
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("graphs", ["train.compile=reduce-overhead", "train.graph_step=true"])
+def test_cascade_cuda_graphs_train_and_log(tmp_path, graphs):
+    """Either kind of CUDA graphs (the whole step: fp16 with its GradScaler, the diffusion noise drawn inside)."""
     import torch._dynamo
 
     from hnerv_fast.train.tasks.cascade import CascadeStageTask, load_cascade_data
 
     cfg = load_config("configs/cascade_tiny.yaml", [
-        f"output.checkpoint_dir={tmp_path}", "train.progress=false", "train.compile=reduce-overhead",
+        f"output.checkpoint_dir={tmp_path}", "train.progress=false", "train.compile=none", graphs,
         "train.device=cuda", "train.grad_accum_steps=2", "train.epochs=3", "train.val_samples=1",
         "train.sample_every=1", "diffusion.ddim_steps=2", "train.log_every_steps=1"])
     device = pick_device(cfg.train.device)
@@ -249,6 +309,8 @@ def test_cascade_reduce_overhead_trains_and_logs(tmp_path):
         with torch._dynamo.config.patch(error_on_recompile=True):
             engine.fit()  # replays; eval and DDIM sampling run between them
     assert cudagraph_skips() == skips_before, "reduce-overhead ran without CUDA graphs"
+    if engine.step_graph is not None:  # 2 steps an epoch: warm-up x3, then the 4th captured, 5 and 6 replayed
+        assert len(engine.step_graph.graphs) == 1
     acc = load_events(tmp_path / "tb")
     for name in CascadeTags.STEP + CascadeTags.EPOCH + CascadeTags.PERF:
         values = [v for _, v in scalar_series(acc, CascadeTags.tag("stage_16", name))]

@@ -98,7 +98,7 @@ def test_step_profile_rows_on_cpu(monkeypatch, capsys):
     monkeypatch.setattr(profile_script, "CONFIG", "configs/dual_hnerv_tiny.yaml")
     monkeypatch.setattr(profile_script, "WARMUP", 1)
     monkeypatch.setattr(profile_script, "STEPS", 2)
-    assert profile_script.main((("none", "none"),), ["train.batch_size=4"]) == 0
+    assert profile_script.main((("none", "none", False),), ["train.batch_size=4"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("PROF|")]
     summary = next(r for r in rows if r[1] == "none/none" and r[2] == "wall")
     assert float(summary[3]) > 0 and float(summary[7]) == 0  # no device on this machine

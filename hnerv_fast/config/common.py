@@ -43,6 +43,9 @@ class EngineConfig:
     # auto (one GPU: reduce-overhead; DDP: default; CPU: default for runs of >= 1500 steps) | none | default |
     # max-autotune | reduce-overhead
     compile: str = "auto"
+    # GPU, one process: the whole optimizer step (forward, backward, norms, update) as one CUDA graph
+    # (train/step_graph.py); the forward is still compiled per `compile`, without graphs of its own
+    graph_step: bool = False
     amp: str = "auto"  # auto | none | bf16 | fp16 (fp16: GPU + GradScaler); see hnerv_fast/precision.py
     seed: int = 1
     deterministic: bool = False

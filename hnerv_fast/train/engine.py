@@ -23,6 +23,8 @@ outlive the next replay (micro-batch metrics under accumulation, eval chunks) ar
 exist before the first capture (a `.grad` first made by a captured backward would live in the graph's
 pool and be overwritten); and the tensors a task reads as attributes in its compiled functions (its
 dataset, flags: `Task.static_inputs`) get static addresses, so they are read in place, never copied.
+`train.graph_step` captures the whole optimizer step instead (train/step_graph.py); it relies on the same
+fixed addresses.
 
 Perf (per epoch, `perf.EpochMeter`): step time, samples/s and peak memory of the epoch's steps go to
 `Task.end_epoch`, measured without a host sync in the steps.
@@ -47,6 +49,7 @@ from hnerv_fast import precision
 from hnerv_fast.train import distributed
 from hnerv_fast.train.interrupts import deferred_sigint
 from hnerv_fast.train.perf import EpochMeter
+from hnerv_fast.train.step_graph import StepGraph
 
 
 def pick_device(name: str) -> torch.device:
@@ -274,16 +277,30 @@ class Engine:
         # fullgraph: a graph break in the step is a bug to fix, not a silent slowdown. Not under DDP: dynamo
         # runs DDP's forward eagerly (a deliberate break) and compiles the wrapped module's forward with
         # its DDPOptimizer, split at the gradient buckets so all-reduce overlaps backward.
-        self._forward = self._compiled(self._forward_eager, fullgraph=self.ddp is None)
+        self.step_graph = self._step_graph(cfg.graph_step)
+        # inside a captured step the forward makes no graphs of its own
+        self._forward = self._compiled(self._forward_eager, fullgraph=self.ddp is None,
+                                       cudagraphs=self.step_graph is None)
         # Eval functions use the unwrapped model: always one graph, same mode as the step.
         task.compile_eval(lambda fn: self._compiled(fn, fullgraph=True))
 
+    def _step_graph(self, wanted: bool) -> StepGraph | None:
+        if not wanted:
+            return None
+        if self.device.type != "cuda" or self.ddp is not None:
+            where = "on a CPU" if self.device.type != "cuda" else "under DDP (not yet run on several GPUs)"
+            print(f"warning: train.graph_step needs one CUDA device; {where} the step runs without it")
+            return None
+        return StepGraph(self._train_step, self.optimizer)
+
     # ------------------------------------------------------------------------------ the step
-    def _compiled(self, fn, fullgraph: bool):
+    def _compiled(self, fn, fullgraph: bool, cudagraphs: bool = True):
         if self.compile_mode == "none":
             return fn
         # torch.compile takes a mode or options, not both: the mode's own options are spelled out.
         options = torch._inductor.list_mode_options(self.compile_mode)
+        if not cudagraphs:
+            options = {**options, "triton.cudagraphs": False}
         if self.device.type == "cpu":
             # Random ops stay aten calls: inductor's own CPU randn is a scalar loop, one Philox draw per
             # element (2.9 ms of the cascade's 27 ms stage_32 step for the diffusion noise, against 0.5 ms
@@ -298,6 +315,11 @@ class Engine:
     def train_step(self, *micro_batches) -> tuple[torch.Tensor, torch.Tensor]:
         """forward + loss, backward (per micro-batch: gradient accumulation), grouped grad norms
         (+ fused clip), optimizer step; no host sync. Returns (step metrics, [total, *group] norms)."""
+        if self.step_graph is not None:
+            return self.step_graph(*micro_batches)
+        return self._train_step(*micro_batches)
+
+    def _train_step(self, *micro_batches) -> tuple[torch.Tensor, torch.Tensor]:
         torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs are done with
         self.optimizer.zero_grad(set_to_none=False)
         k = len(micro_batches)
@@ -331,7 +353,7 @@ class Engine:
         skip = (~finite).float()
         if not self.scaler.is_enabled():
             self.optimizer.grad_scale, self.optimizer.found_inf = None, skip
-        self.step_finite = finite
+        self.step_finite.copy_(finite)  # in place: a captured step (train.graph_step) updates this very tensor
         self.bad_run.mul_(skip).add_(skip)
         torch.maximum(self.worst_run, self.bad_run, out=self.worst_run)
         self.skipped.add_(skip)
