@@ -54,14 +54,19 @@ def test_bf16_step_on_cpu_runs_the_decoder_in_bf16_and_keeps_losses_fp32(tmp_pat
 
 
 def test_compile_auto_on_cpu_only_for_runs_that_pay_it_back():
-    from hnerv_fast.train.engine import CPU_COMPILE_MIN_STEPS, resolve_compile_mode
+    from hnerv_fast.train.engine import CPU_COMPILE_MIN_STEPS, resolve_compile_mode, wants_graph_step
 
     assert resolve_compile_mode("auto", CPU, CPU_COMPILE_MIN_STEPS - 1) == "none"
     assert resolve_compile_mode("auto", CPU, CPU_COMPILE_MIN_STEPS) == "default"
-    assert resolve_compile_mode("auto", GPU, 1) == "reduce-overhead"  # CUDA graphs on one GPU
-    assert resolve_compile_mode("auto", GPU, 1, world_size=2) == "default"  # not yet run with DDP on a device
+    assert resolve_compile_mode("auto", GPU, 1) == "default"
     assert resolve_compile_mode("none", CPU, 10**6) == "none"
     assert resolve_compile_mode("reduce-overhead", GPU, 1) == "reduce-overhead"
+    # compile=auto on one GPU also captures the whole step; not under DDP (never run on several GPUs), not on CPU
+    assert wants_graph_step(False, "auto", GPU, world_size=1)
+    assert not wants_graph_step(False, "auto", GPU, world_size=2)
+    assert not wants_graph_step(False, "auto", CPU, world_size=1)
+    assert not wants_graph_step(False, "reduce-overhead", GPU, world_size=1)
+    assert wants_graph_step(True, "none", GPU, world_size=1)
 
 
 def test_long_cpu_runs_compile_and_short_ones_do_not(tmp_path):

@@ -158,8 +158,9 @@ def test_checkpoints_and_config_written(tiny_dual_run):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_defaults_on_one_gpu_train_with_cuda_graphs(tmp_path, clip_cache):
-    """What a user on one GPU gets from the defaults (`train.compile=auto`: CUDA graphs; `amp=auto`): the run ends
-    with every epoch's tags finite, the model learning, evaluations written and checkpoints that load."""
+    """What a user on one GPU gets from the defaults (`train.compile=auto`: the whole step as one CUDA graph;
+    `amp=auto`): the run ends with every epoch's tags finite, the model learning, evaluations written and
+    checkpoints that load."""
     from tests.test_cuda_graphs import cudagraph_skips
 
     skips = cudagraph_skips()

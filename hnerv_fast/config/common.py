@@ -40,11 +40,12 @@ class EngineConfig:
     batch_size: int = 32
     lr: float = 1e-3
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # auto (one GPU: reduce-overhead; DDP: default; CPU: default for runs of >= 1500 steps) | none | default |
-    # max-autotune | reduce-overhead
+    # auto (one GPU: default inside the whole-step CUDA graph of graph_step; DDP: default; CPU: default for runs of
+    # >= 1500 steps) | none | default | max-autotune | reduce-overhead
     compile: str = "auto"
     # GPU, one process: the whole optimizer step (forward, backward, norms, update) as one CUDA graph
-    # (train/step_graph.py); the forward is still compiled per `compile`, without graphs of its own
+    # (train/step_graph.py), also what compile=auto does there; the forward is compiled per `compile`, without
+    # graphs of its own
     graph_step: bool = False
     amp: str = "auto"  # auto | none | bf16 | fp16 (fp16: GPU + GradScaler); see hnerv_fast/precision.py
     seed: int = 1

@@ -71,15 +71,21 @@ def pick_device(name: str) -> torch.device:
 CPU_COMPILE_MIN_STEPS = 1500
 
 
-def resolve_compile_mode(mode: str, device: torch.device, planned_steps: int, world_size: int = 1) -> str:
-    """`auto`: CUDA graphs on one GPU (the dual default step on an H200: 2.7 ms against 5.9 ms compiled without,
-    the cascade stage_128 step 17 against 27 ms; benchmarks/RESULTS_gpu.md); compiled under DDP, where CUDA graphs
-    with the all-reduce have not run on a device; on CPU compiled when the run pays the compile time back."""
+def resolve_compile_mode(mode: str, device: torch.device, planned_steps: int) -> str:
+    """`auto` compiles on GPU (on one GPU inside the whole-step CUDA graph: `wants_graph_step`), and on CPU when
+    the run is long enough to pay the compile time back."""
     if mode != "auto":
         return mode
-    if device.type == "cuda":
-        return "reduce-overhead" if world_size == 1 else "default"
-    return "default" if planned_steps >= CPU_COMPILE_MIN_STEPS else "none"
+    if device.type == "cuda" or planned_steps >= CPU_COMPILE_MIN_STEPS:
+        return "default"
+    return "none"
+
+
+def wants_graph_step(graph_step: bool, compile_mode: str, device: torch.device, world_size: int) -> bool:
+    """`train.graph_step`, or `train.compile=auto` on one GPU: the whole step as one CUDA graph. On an H200 the
+    dual default step took 1.8 ms so, against 3.1 ms with reduce-overhead's graphs of forward and backward only
+    and 5.9 ms compiled without graphs (benchmarks/RESULTS_gpu.md). Not under DDP: never run on several GPUs."""
+    return graph_step or (compile_mode == "auto" and device.type == "cuda" and world_size == 1)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -259,7 +265,7 @@ class Engine:
         self.global_step = 0
         self.best_score = -math.inf
         planned_steps = cfg.epochs * (len(task.train_batches(1)) // cfg.grad_accum_steps)
-        self.compile_mode = resolve_compile_mode(cfg.compile, device, planned_steps, distributed.world_size())
+        self.compile_mode = resolve_compile_mode(cfg.compile, device, planned_steps)
         # DDP wraps the model before the forward is compiled (torch's recommended order).
         self.ddp = distributed.wrap_model(task.model, device)
         self.train_model = task.model if self.ddp is None else self.ddp  # what the step's forward calls
@@ -277,7 +283,8 @@ class Engine:
         # fullgraph: a graph break in the step is a bug to fix, not a silent slowdown. Not under DDP: dynamo
         # runs DDP's forward eagerly (a deliberate break) and compiles the wrapped module's forward with
         # its DDPOptimizer, split at the gradient buckets so all-reduce overlaps backward.
-        self.step_graph = self._step_graph(cfg.graph_step)
+        self.step_graph = self._step_graph(wants_graph_step(cfg.graph_step, cfg.compile, device,
+                                                            distributed.world_size()))
         # inside a captured step the forward makes no graphs of its own
         self._forward = self._compiled(self._forward_eager, fullgraph=self.ddp is None,
                                        cudagraphs=self.step_graph is None)

@@ -1,9 +1,9 @@
-"""The whole optimizer step as one CUDA graph (`train.graph_step`).
+"""The whole optimizer step as one CUDA graph (`train.graph_step`, and `train.compile=auto` on one GPU).
 
 torch.compile's CUDA graphs (`train.compile=reduce-overhead`) capture forward and backward; the rest of a step
 (gradient norms and clipping, the non-finite-step bookkeeping, the fused optimizer update, zeroing the
-gradients) stays a few dozen eager launches. On an H200 the dual default step took 2.7 ms that way against
-5.9 ms compiled without graphs (benchmarks/RESULTS_gpu.md), most of it host time. Here one replay runs it all.
+gradients) stays a few dozen eager launches. Here one replay runs it all: on an H200 the dual default step took
+1.8 ms so against 3.1 ms with reduce-overhead in the same run (benchmarks/RESULTS_gpu.md).
 
 Each step signature (micro-batch count, shapes and host-side fields) runs `WARMUP` times eagerly on a side
 stream first, so nothing is created lazily inside the capture (optimizer state, the gradient-norm table,
