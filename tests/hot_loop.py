@@ -1,6 +1,8 @@
 """Shared by the hot-loop tests (CPU: no host reads; GPU: no host syncs): the tiny tasks and a step runner."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from hnerv_fast.config import load_config
@@ -44,3 +46,14 @@ def run_guarded_steps(engine, task, writer, guard) -> None:
             metrics, norms = engine.train_step(*micro)
             task.on_step(1, step, metrics, norms)
     writer.flush()
+
+
+@contextlib.contextmanager
+def syncs_are_errors():
+    """GPU: any host sync inside raises (work queued before it has finished first)."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

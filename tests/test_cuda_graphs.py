@@ -18,6 +18,7 @@ from hnerv_fast.logging.layouts import CascadeTags, PerfTags
 from hnerv_fast.train.engine import Engine, pick_device, seed_everything
 from hnerv_fast.train.tasks.dual_hnerv import DualHNeRVTask
 from tests.event_files import load_events, scalar_series
+from tests.hot_loop import syncs_are_errors
 
 SMALL = ["model.embed=pe_1.25_8", "model.fc_dim=16", "model.lower_width=8", "train.progress=false",
          "loss.pixel_loss_warmup_epochs=0", "data.num_frames=40"]
@@ -184,13 +185,8 @@ def test_dual_reduce_overhead_matches_eager_without_copies_or_recompiles(dual_pa
     skips_before = cudagraph_skips()
     # outputs are kept across later replays on purpose: train_step must hand back copies
     got = [graphs.train_step(*pair) for pair in steps[:3]]  # compile, warm up, record
-    torch.cuda.synchronize()
-    with torch._dynamo.config.patch(error_on_recompile=True):  # replays only from here on
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            got += [graphs.train_step(*pair) for pair in steps[3:]]
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+    with torch._dynamo.config.patch(error_on_recompile=True), syncs_are_errors():  # replays only from here on
+        got += [graphs.train_step(*pair) for pair in steps[3:]]
     growth = torch.cuda.max_memory_allocated() - base
     assert cudagraph_skips() == skips_before, "reduce-overhead ran without CUDA graphs"
     assert_steps_match(got, [eager.train_step(*pair) for pair in steps])
@@ -263,12 +259,8 @@ def test_dual_graph_step_matches_eager_then_trains(tmp_path, compile_mode):
     batches = task.train_batches(1)
     steps = [batches[i:i + 2] for i in range(0, 16, 2)]
     got = [graphs.train_step(*pair) for pair in steps[:4]]  # warm-up x3, capture (+ replay)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with syncs_are_errors():
         got += [graphs.train_step(*pair) for pair in steps[4:]]
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     assert len(graphs.step_graph.graphs) == 1
     assert_steps_match(got, [eager.train_step(*pair) for pair in steps])
     graphs.cfg.epochs = graphs.cfg.stop_after = 2

@@ -2,28 +2,16 @@
 and the fused ops really run on the GPU backend that was asked for (no silent fallback)."""
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
 from hnerv_fast.ops import _backends
-from tests.hot_loop import cascade_engine, dual_engine, run_guarded_steps
+from tests.hot_loop import cascade_engine, dual_engine, run_guarded_steps, syncs_are_errors
 from tests.ops_backends import gpu_backend  # noqa: F401  (fixture: cuda, then triton)
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")]
-
-
-@contextlib.contextmanager
-def syncs_are_errors():
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
 
 
 @pytest.mark.parametrize("compile_mode", ["none", "default"])
