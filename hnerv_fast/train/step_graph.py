@@ -46,7 +46,8 @@ class StepGraph:
         self.optimizer = optimizer
         self.side = torch.cuda.Stream()
         self.warm = Counter()
-        self.graphs: dict[tuple, tuple[list, tuple[torch.Tensor, ...], torch.cuda.CUDAGraph]] = {}
+        # signature -> (static batches, their tensor fields, outputs, graph)
+        self.graphs: dict[tuple, tuple[list, list[str], tuple[torch.Tensor, ...], torch.cuda.CUDAGraph]] = {}
 
     def __call__(self, *micro_batches) -> tuple[torch.Tensor, ...]:
         key = signature(micro_batches)
@@ -56,9 +57,9 @@ class StepGraph:
                 self.warm[key] += 1
                 return self._eager(micro_batches)
             entry = self.graphs[key] = self._capture(micro_batches)
-        static, outputs, graph = entry
+        static, fields, outputs, graph = entry
         for s, b in zip(static, micro_batches):
-            for name in _tensor_fields(b):
+            for name in fields:
                 getattr(s, name).copy_(getattr(b, name), non_blocking=True)
         graph.replay()
         return tuple(o.clone() for o in outputs)
@@ -74,8 +75,8 @@ class StepGraph:
         return outputs
 
     def _capture(self, micro_batches):
-        static = [dataclasses.replace(b, **{n: getattr(b, n).clone() for n in _tensor_fields(b)})
-                  for b in micro_batches]
+        fields = _tensor_fields(micro_batches[0])  # the same in every micro-batch of one signature
+        static = [dataclasses.replace(b, **{n: getattr(b, n).clone() for n in fields}) for b in micro_batches]
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         flags = [group.get("capturable", False) for group in self.optimizer.param_groups]
@@ -88,4 +89,4 @@ class StepGraph:
         finally:
             for group, flag in zip(self.optimizer.param_groups, flags):
                 group["capturable"] = flag
-        return static, outputs, graph
+        return static, fields, outputs, graph
