@@ -3,9 +3,10 @@
     python -m benchmarks.gpu_step_profile        (a GPU; on a CPU it runs too, host rows only)
 
 For the dual default config, compile none / default / reduce-overhead in fp32, reduce-overhead in bf16 and the
-whole step as one CUDA graph (`train.graph_step`): wall time per step, the device's busy time per step (the sum of its kernels' times) and the largest host ops
-(self CPU time) and kernels. On an H200 the compiled fp32 step took 5.9 ms and the CUDA-graph one 2.7 ms: a wall
-time well above the busy time is host-bound, and the host rows say what to cut. Every line starts with "PROF|".
+whole step as one CUDA graph (`train.graph_step`): wall time per step, the device's busy time per step (the sum
+of its kernels' times) and the largest host ops (self CPU time) and kernels. On an H200 the compiled fp32 step
+took 5.9 ms and the CUDA-graph one 2.7 ms: a wall time well above the busy time is host-bound, and the host rows
+say what to cut. Every line starts with "PROF|".
 """
 from __future__ import annotations
 
@@ -14,15 +15,15 @@ import sys
 import tempfile
 import time
 import traceback
+from pathlib import Path
 
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from hnerv_fast.config import load_config
+from benchmarks.test_train_step import bench_config, fast_engine, fast_epoch
 from hnerv_fast.logging.async_writer import AsyncSummaryWriter
-from hnerv_fast.train.engine import Engine, seed_everything
-from hnerv_fast.train.tasks.dual_hnerv import DualHNeRVTask
+from hnerv_fast.train.engine import seed_everything
 
 CONFIG = os.environ.get("BENCH_CONFIG", "configs/dual_hnerv_default.yaml")
 # (train.compile, train.amp, train.graph_step)
@@ -31,54 +32,35 @@ MODES = (("none", "none", False), ("default", "none", False), ("reduce-overhead"
 WARMUP, STEPS, TOP = 6, 10, 12
 
 
-def _engine(mode: str, amp: str, graph_step: bool, device: torch.device, tmp: str,
-            overrides: list[str]) -> tuple[DualHNeRVTask, Engine]:
-    # the overrides of benchmarks/test_train_step.py: the same graphs, so inductor's cache from gpu-check's
-    # dual part serves this one
-    cfg = load_config(CONFIG, [f"clip.cache_dir={tmp}/clip", "train.progress=false",
-                               "loss.pixel_loss_warmup_epochs=0", f"train.compile={mode}", f"train.amp={amp}",
-                               f"train.graph_step={str(graph_step).lower()}",
-                               *overrides])
-    seed_everything(cfg.train.seed, deterministic=False)
-    task = DualHNeRVTask(cfg, device)
-    engine = Engine(task, cfg.train, device, f"{tmp}/ckpt_{mode}_{amp}_{graph_step}")
-    task.begin_epoch(1)
-    return task, engine
-
-
-def _steps(task: DualHNeRVTask, engine: Engine, n: int) -> None:
-    batches = task.train_batches(1)
-    for i in range(n):
-        metrics, norms = engine.train_step(batches[i % len(batches)])
-        task.on_step(1, i + 1, metrics, norms)
-    if engine.device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def profile_mode(mode: str, amp: str, graph_step: bool, device: torch.device, tmp: str,
                  overrides: list[str] = ()) -> None:
-    task, engine = _engine(mode, amp, graph_step, device, tmp, list(overrides))
+    cfg = bench_config(tmp, CONFIG, list(overrides))
+    seed_everything(cfg.train.seed, deterministic=False)
+    task, engine = fast_engine(cfg, device, Path(tmp), mode, amp, graph_step)
     name = f"{mode}/{engine.amp}" + ("/step" if engine.step_graph is not None else "")
+    batches = task.train_batches(1)
+    timed = batches[:STEPS]
     with AsyncSummaryWriter(f"{tmp}/tb_{mode}_{amp}_{graph_step}") as writer:
         task.writer = writer
-        _steps(task, engine, WARMUP)  # compile, CUDA-graph warm-up and record
+        fast_epoch(task, engine, batches[:WARMUP], device, log=True)  # compile, CUDA-graph warm-up and record
         start = time.perf_counter()
-        _steps(task, engine, STEPS)
-        wall_us = (time.perf_counter() - start) / STEPS * 1e6
+        fast_epoch(task, engine, timed, device, log=True)
+        wall_us = (time.perf_counter() - start) / len(timed) * 1e6
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as prof:
-            _steps(task, engine, STEPS)
+            fast_epoch(task, engine, timed, device, log=True)
+    per_step = 1 / len(timed)
     events = prof.key_averages()
     kernels = [e for e in events if e.device_type == DeviceType.CUDA]
-    busy_us = sum(e.self_device_time_total for e in kernels) / STEPS
+    busy_us = sum(e.self_device_time_total for e in kernels) * per_step
     host = [e for e in events if e.device_type == DeviceType.CPU]
     print(f"PROF| {name:20s} wall {wall_us:8.0f} us/step   device busy {busy_us:8.0f} us/step   "
-          f"kernels {sum(e.count for e in kernels) / STEPS:5.0f}/step", flush=True)
+          f"kernels {sum(e.count for e in kernels) * per_step:5.0f}/step", flush=True)
     for e in sorted(host, key=lambda e: -e.self_cpu_time_total)[:TOP]:
-        print(f"PROF| {name:20s}   host   {e.self_cpu_time_total / STEPS:7.0f} us  x{e.count / STEPS:5.1f}  "
+        print(f"PROF| {name:20s}   host   {e.self_cpu_time_total * per_step:7.0f} us  x{e.count * per_step:5.1f}  "
               f"{e.key[:90]}")
     for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:TOP]:
-        print(f"PROF| {name:20s}   kernel {e.self_device_time_total / STEPS:7.0f} us  x{e.count / STEPS:5.1f}  "
+        print(f"PROF| {name:20s}   kernel {e.self_device_time_total * per_step:7.0f} us  x{e.count * per_step:5.1f}  "
               f"{e.key[:90]}")
 
 

@@ -30,11 +30,17 @@ OVERRIDES = os.environ.get("BENCH_OVERRIDES", "").split()
 STEPS = 9  # one tiny-config epoch
 
 
+def bench_config(tmp, config: str = CONFIG, overrides=OVERRIDES):
+    """The benchmarked dual config (also benchmarks/gpu_step_profile.py's: the same graphs, so inductor's cache
+    from one serves the other)."""
+    return load_config(config, [f"clip.cache_dir={tmp}/clip", "train.progress=false",
+                                "loss.pixel_loss_warmup_epochs=0", *overrides])  # CLIP loss on: the full step
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench_step")
-    cfg = load_config(CONFIG, [f"clip.cache_dir={tmp}/clip", "train.progress=false",
-                               "loss.pixel_loss_warmup_epochs=0", *OVERRIDES])  # CLIP loss on: the full step
+    cfg = bench_config(tmp)
     seed_everything(cfg.train.seed, deterministic=False)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return cfg, device, tmp
@@ -45,7 +51,7 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _fast_engine(cfg, device, tmp, compile_mode="none", amp="none", graph_step=False):
+def fast_engine(cfg, device, tmp, compile_mode="none", amp="none", graph_step=False):
     cfg.train.compile = compile_mode
     cfg.train.amp = amp
     cfg.train.graph_step = graph_step
@@ -55,7 +61,7 @@ def _fast_engine(cfg, device, tmp, compile_mode="none", amp="none", graph_step=F
     return task, engine
 
 
-def _fast_epoch(task, engine, batches, device, log: bool):
+def fast_epoch(task, engine, batches, device, log: bool):
     for i, batch in enumerate(batches):
         metrics, norms = engine.train_step(batch)
         if log:
@@ -65,7 +71,7 @@ def _fast_epoch(task, engine, batches, device, log: bool):
 
 def test_seed_style_eager_loop(benchmark, setup):
     cfg, device, tmp = setup
-    task, _ = _fast_engine(cfg, device, tmp)
+    task, _ = fast_engine(cfg, device, tmp)
     model = published_blocks(task.model)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     batches = task.train_batches(1)[:STEPS]
@@ -90,12 +96,12 @@ MODES = ([("none", "none", False), ("none", "bf16", False), ("default", "none", 
 @pytest.mark.parametrize("compile_mode, amp, graph_step", MODES)
 def test_hnerv_fast_step(benchmark, setup, compile_mode, amp, graph_step):
     cfg, device, tmp = setup
-    task, engine = _fast_engine(cfg, device, tmp, compile_mode, amp, graph_step)
+    task, engine = fast_engine(cfg, device, tmp, compile_mode, amp, graph_step)
     batches = task.train_batches(1)[:STEPS]
     with AsyncSummaryWriter(str(tmp / f"fast_tb_{compile_mode}")) as writer:
         task.writer = writer
-        _fast_epoch(task, engine, batches, device, log=True)  # warm-up (and compile)
-        benchmark.pedantic(_fast_epoch, args=(task, engine, batches, device, True), rounds=3, iterations=1)
+        fast_epoch(task, engine, batches, device, log=True)  # warm-up (and compile)
+        benchmark.pedantic(fast_epoch, args=(task, engine, batches, device, True), rounds=3, iterations=1)
     whole = " graph_step" if engine.step_graph is not None else ""
     record_ratio("train step", f"hnerv_fast compile={compile_mode} amp={engine.amp}{whole}", benchmark)
 
@@ -103,7 +109,7 @@ def test_hnerv_fast_step(benchmark, setup, compile_mode, amp, graph_step):
 @pytest.mark.parametrize("logger", ["off", "async", "sync"])
 def test_logger_overhead(benchmark, setup, logger):
     cfg, device, tmp = setup
-    task, engine = _fast_engine(cfg, device, tmp)
+    task, engine = fast_engine(cfg, device, tmp)
     batches = task.train_batches(1)[:STEPS]
 
     class SyncWriter:  # same tags, written on the caller's thread (forces a host read per value)
@@ -116,13 +122,13 @@ def test_logger_overhead(benchmark, setup, logger):
                 self.w.add_scalar(tag, float(value), step)
 
     if logger == "off":
-        benchmark.pedantic(_fast_epoch, args=(task, engine, batches, device, False), rounds=3, iterations=1)
+        benchmark.pedantic(fast_epoch, args=(task, engine, batches, device, False), rounds=3, iterations=1)
     elif logger == "async":
         with AsyncSummaryWriter(str(tmp / "tb_async")) as writer:
             task.writer = writer
-            benchmark.pedantic(_fast_epoch, args=(task, engine, batches, device, True), rounds=3, iterations=1)
+            benchmark.pedantic(fast_epoch, args=(task, engine, batches, device, True), rounds=3, iterations=1)
     else:
         task.writer = SyncWriter(str(tmp / "tb_sync"))
-        benchmark.pedantic(_fast_epoch, args=(task, engine, batches, device, True), rounds=3, iterations=1)
+        benchmark.pedantic(fast_epoch, args=(task, engine, batches, device, True), rounds=3, iterations=1)
         task.writer.w.close()
     record_ratio("logger", f"logging {logger}", benchmark)
